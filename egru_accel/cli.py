@@ -1,0 +1,262 @@
+"""The ``egru-accel`` command line.
+
+Errors a user can cause (bad options, unreadable or malformed models, models that do
+not fit) print one ``egru-accel: error: ...`` line and exit with status 2, leaving no
+partial output directory behind. Set ``EGRU_ACCEL_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+__all__ = ["main", "UserError", "output_directory"]
+
+
+class UserError(Exception):
+    """An error in what the user asked for; reported without a traceback."""
+
+
+@contextlib.contextmanager
+def output_directory(path: str):
+    """Yield a fresh temporary directory beside ``path``; on success its files replace
+    those of ``path`` (created if needed), on failure it vanishes and ``path`` is untouched."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"output path {path} exists and is not a directory")
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {parent}: {e.strerror}") from None
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".partial-", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not os.path.exists(path):
+        os.replace(tmp, path)
+        return
+    for name in os.listdir(tmp):
+        dst = os.path.join(path, name)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.replace(os.path.join(tmp, name), dst)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _sparsity(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not (0.0 <= v < 1.0) or math.isnan(v):
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {text}")
+    return v
+
+
+def _write_json(path: str, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+# -- subcommands ----------------------------------------------------------------------------
+
+def load_model(path: str):
+    from quantize.model import QuantModel
+    return QuantModel.load(path)
+
+
+def load_evnn_layers(paths: list[str]) -> list:
+    """EvNN ``EGRU`` state_dicts from ``torch.save`` files, one per layer, bottom first."""
+    import torch
+    from quantize.egru import StateDictError, layer_from_evnn_state_dict
+    layers = []
+    for path in paths:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UserError(f"cannot read EvNN state_dict {path}: no such file") from None
+        except Exception as e:  # torch.load raises many types for a corrupt file
+            raise UserError(f"cannot read EvNN state_dict {path}: {type(e).__name__}: {e}") from None
+        try:
+            layers.append(layer_from_evnn_state_dict(dict(sd) if hasattr(sd, "keys") else sd))
+        except StateDictError as e:
+            raise UserError(f"{path}: {e}") from None
+    return layers
+
+
+def cmd_train(args) -> int:
+    from quantize.train import TrainConfig, train
+    init = load_evnn_layers(args.init_evnn) if args.init_evnn else None
+    if init:
+        # The imported layers fix the shapes; --hidden/--layers must agree if given.
+        sizes = [l.hidden_size for l in init]
+        if any(h != sizes[0] for h in sizes):
+            raise UserError(f"imported EvNN layers must all have the same hidden size (got {sizes})")
+        if args.layers not in (None, len(init)) or args.hidden not in (None, sizes[0]):
+            raise UserError(f"--layers/--hidden ({args.layers}/{args.hidden}) disagree with the "
+                            f"{len(init)} imported layers of {sizes[0]} neurons")
+        args.layers, args.hidden = len(init), sizes[0]
+    cfg = TrainConfig(task=args.task, hidden=args.hidden, layers=args.layers, epochs=args.epochs,
+                      weight_sparsity=args.weight_sparsity, lanes=args.lanes, seed=args.seed)
+    try:
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+    with output_directory(args.out) as tmp:
+        try:
+            model, report = train(cfg, progress=not args.quiet, init_layers=init)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        model.save(os.path.join(tmp, "model.npz"))
+        _write_json(os.path.join(tmp, "report.json"), report)
+    if not args.quiet:
+        print(_train_summary(report, args.out))
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from quantize.packer import pack
+    model = load_model(args.model)
+    try:
+        packed = pack(model, args.lanes, budget=args.budget_bits)
+    except (TypeError, ValueError) as e:
+        if type(e).__name__ == "CapacityError":
+            raise
+        raise UserError(str(e)) from None
+    with output_directory(args.out) as tmp:
+        from quantize.packer import save_images
+        save_images(packed, os.path.join(tmp, "memories.npz"))
+        _write_json(os.path.join(tmp, "memories.json"), packed.summary())
+    if not args.quiet:
+        bits = packed.memory_bits()
+        print(f"{args.lanes} lanes, {bits['total']} bits of on-chip memory "
+              f"({', '.join(f'{k} {v}' for k, v in bits.items() if k != 'total')})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from quantize.data import load_task
+    from quantize.train import evaluate_quant
+    model = load_model(args.model)
+    task = load_task(args.task or model.meta.get("task", "digits"))
+    if task.input_size != model.input_size:
+        raise UserError(f"model takes {model.input_size} inputs but task {task.name} has {task.input_size}")
+    result = evaluate_quant(model, task.x_test, task.y_test)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _train_summary(r: dict, out: str) -> str:
+    sp = ", ".join(f"{k} {v:.1%}" for k, v in r["weight_sparsity"].items())
+    act = ", ".join(f"{k} {v:.1%}" for k, v in r["activity_sparsity"].items())
+    return "\n".join([
+        f"float accuracy      {r['float_accuracy']:.2%}",
+        f"quantized accuracy  {r['quant_accuracy']:.2%}  (golden model, test split)",
+        f"weight sparsity     {sp}",
+        f"activity sparsity   {act}",
+        f"MACs per step       {r['effective_macs_per_step']:.0f} effective / {r['dense_macs_per_step']} dense"
+        f"  ({r['mac_reduction']:.1f}x fewer)",
+        f"time                {r['train_seconds']:.0f} s",
+        f"wrote {os.path.join(out, 'model.npz')} and {os.path.join(out, 'report.json')}",
+    ])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from quantize.data import TASKS
+    from quantize.train import TrainConfig
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="egru-accel",
+        description="Generate event-driven accelerators for pruned, quantized EGRU networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train, prune and quantize an EGRU on a task",
+                       description="Train a float EGRU, prune it gradually, fine-tune it quantization-aware, "
+                                   "and write DIR/model.npz (the quantized model) and DIR/report.json.")
+    p.add_argument("--task", choices=TASKS, default="digits", help="task to train on (default: digits)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs,
+                   help="epochs over all three phases: dense, pruning, quantization-aware (default: %(default)s)")
+    p.add_argument("--hidden", type=_positive_int, default=None,
+                   help=f"neurons per layer (default: {d.hidden}, or the imported layers')")
+    p.add_argument("--layers", type=_positive_int, default=None,
+                   help=f"stacked EGRU layers (default: {d.layers}, or the number imported)")
+    p.add_argument("--weight-sparsity", type=_sparsity, default=d.weight_sparsity,
+                   help="target fraction of zero weights in every kernel, in [0, 1) (default: %(default)s)")
+    p.add_argument("--lanes", type=_positive_int, default=d.lanes,
+                   help="balance the pruning across this many hardware lanes (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--init-evnn", nargs="+", metavar="FILE",
+                   help="start from EvNN EGRU state_dicts (torch.save files), one per layer, bottom first")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pack", help="lay a quantized model into per-lane memory images",
+                       description="Write DIR/memories.npz (the memory images) and DIR/memories.json "
+                                   "(word formats, depths and bits per memory).")
+    p.add_argument("--model", required=True, metavar="M", help="quantized model (model.npz)")
+    p.add_argument("--lanes", type=_positive_int, required=True, metavar="P", help="parallel lanes")
+    p.add_argument("--budget-bits", type=_positive_int, default=None, metavar="BITS",
+                   help="fail unless the memories fit in this many bits")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("eval", help="golden-model accuracy and MACs of a quantized model on its task")
+    p.add_argument("--model", required=True, metavar="M", help="quantized model (model.npz)")
+    p.add_argument("--task", choices=TASKS, default=None, help="task (default: the one the model names)")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def _fill_train_defaults(args):
+    from quantize.train import TrainConfig
+    defaults = TrainConfig()
+    if not args.init_evnn:
+        args.hidden = args.hidden or defaults.hidden
+        args.layers = args.layers or defaults.layers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        _fill_train_defaults(args)
+    from quantize.egru import StateDictError
+    from quantize.model import ModelError
+    from quantize.packer import CapacityError
+    try:
+        return args.func(args)
+    except (UserError, ModelError, CapacityError, StateDictError) as e:
+        if os.environ.get("EGRU_ACCEL_DEBUG"):
+            raise
+        print(f"egru-accel: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("egru-accel: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

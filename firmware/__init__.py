@@ -1,0 +1,1 @@
+"""firmware: see README.md."""

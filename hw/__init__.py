@@ -1,0 +1,1 @@
+"""hw: see README.md."""

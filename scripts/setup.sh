@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything egru-accel needs, idempotently: Icarus Verilog (apt), a virtual
+# environment in .venv, the CPU build of torch 2.13.0, then egru-accel with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v iverilog >/dev/null 2>&1; then
+    echo "setup: installing Icarus Verilog (apt-get install iverilog)" >&2
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to apt-get install iverilog" >&2; exit 1; }
+        SUDO="sudo"
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iverilog >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+# torch first and pinned: an unpinned torch pulls several GB of CUDA packages.
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+    echo "setup: installing torch==2.13.0" >&2
+    $PIP install -q torch==2.13.0
+fi
+stamp=.venv/.egru-accel-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing egru-accel and its dependencies" >&2
+    $PIP install -q -e ".[test]"
+    touch "$stamp"
+fi

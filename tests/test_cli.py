@@ -1,0 +1,130 @@
+"""The egru-accel command line: train end to end (small), and clear errors on bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from egru_accel.cli import main
+from test_egru_float import evnn_state_dict
+
+
+def run(argv, capsys):
+    """Run the CLI in-process; return (exit status, stdout, stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse exits for usage errors
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    code = main(["train", "--out", str(out), "--epochs", "3", "--hidden", "16", "--lanes", "4", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_model_and_report(trained):
+    assert sorted(os.listdir(trained)) == ["model.npz", "report.json"]
+    r = json.loads((trained / "report.json").read_text())
+    for key in ("float_accuracy", "quant_accuracy", "weight_sparsity", "activity_sparsity",
+                "effective_macs_per_step", "dense_macs_per_step"):
+        assert key in r
+    assert r["dense_macs_per_step"] == 3 * 16 * (8 + 16) + 16 * 10
+    assert r["weight_sparsity"]["layer0.W"] >= 0.9 and r["weight_sparsity"]["layer0.R"] >= 0.9
+    assert 0 <= r["activity_sparsity"]["layer0"] <= 1
+
+
+def test_eval_reproduces_report(trained, capsys):
+    code, out, _ = run(["eval", "--model", str(trained / "model.npz")], capsys)
+    assert code == 0
+    r = json.loads((trained / "report.json").read_text())
+    assert json.loads(out)["quant_accuracy"] == r["quant_accuracy"]
+
+
+def test_pack_and_budget(trained, tmp_path, capsys):
+    code, out, err = run(["pack", "--model", str(trained / "model.npz"), "--lanes", "4",
+                          "--out", str(tmp_path / "p")], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "p" / "memories.json").read_text())
+    need = summary["memory_bits"]["total"]
+    code, out, err = run(["pack", "--model", str(trained / "model.npz"), "--lanes", "4",
+                          "--budget-bits", str(need - 1), "--out", str(tmp_path / "q")], capsys)
+    assert code == 2
+    assert f"needs {need} bits" in err and f"{need - 1} bits available" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".q")], "no partial directory left"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--out", "{tmp}/o", "--weight-sparsity", "1.0"], "sparsity must be in [0, 1)"),
+    (["train", "--out", "{tmp}/o", "--weight-sparsity", "-0.5"], "sparsity must be in [0, 1)"),
+    (["train", "--out", "{tmp}/o", "--hidden", "0"], "expected a positive integer"),
+    (["train", "--out", "{tmp}/o", "--task", "mnist"], "invalid choice"),
+    (["eval", "--model", "{tmp}/missing.npz"], "cannot read model file"),
+    (["pack", "--model", "{tmp}/junk.npz", "--lanes", "2", "--out", "{tmp}/o"], "not an egru-accel model"),
+])
+def test_bad_arguments(argv, message, tmp_path, capsys):
+    (tmp_path / "junk.npz").write_bytes(b"\x00garbage")
+    code, _, err = run([a.format(tmp=tmp_path) for a in argv], capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda sd: sd["kernel"].__setitem__((0, 0), float("nan")), "'kernel' holds NaN or Inf"),
+    (lambda sd: sd.pop("recurrent_bias"), "missing keys ['recurrent_bias']"),
+    (lambda sd: sd.update(rnn_extra=torch.zeros(2)), "unknown keys ['rnn_extra']"),
+    (lambda sd: sd.update(thr=torch.zeros(7)), "'thr' must have shape [6]"),
+    (lambda sd: None, "imported layer 0 is 4->6 but the model needs 8->6"),
+])
+def test_bad_evnn_import(mutate, message, tmp_path, capsys):
+    sd = evnn_state_dict(I=4, H=6)
+    mutate(sd)
+    torch.save(sd, tmp_path / "layer.pt")
+    code, _, err = run(["train", "--out", str(tmp_path / "o"), "--epochs", "3", "--lanes", "2",
+                        "--init-evnn", str(tmp_path / "layer.pt"), "--quiet"], capsys)
+    assert code == 2
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    assert os.listdir(tmp_path) == ["layer.pt"]
+
+
+def test_evnn_import_trains(tmp_path, capsys):
+    torch.save(evnn_state_dict(I=8, H=6), tmp_path / "layer.pt")
+    code, _, err = run(["train", "--out", str(tmp_path / "o"), "--epochs", "3", "--lanes", "2",
+                        "--init-evnn", str(tmp_path / "layer.pt"), "--quiet"], capsys)
+    assert code == 0, err
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r["config"]["hidden"] == 6
+
+
+def test_unreadable_evnn_file(tmp_path, capsys):
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    code, _, err = run(["train", "--out", str(tmp_path / "o"), "--init-evnn", str(tmp_path / "bad.pt")], capsys)
+    assert code == 2 and "cannot read EvNN state_dict" in err and "Traceback" not in err
+
+
+def test_existing_output_directory_is_updated_not_lost(trained, tmp_path, capsys):
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = run(["pack", "--model", str(trained / "model.npz"), "--lanes", "2", "--out", str(out),
+                        "--quiet"], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["keep.txt", "memories.json", "memories.npz"]
+
+
+def test_too_many_lanes_for_imported_layer(tmp_path, capsys):
+    torch.save(evnn_state_dict(I=8, H=6), tmp_path / "layer.pt")
+    code, _, err = run(["train", "--out", str(tmp_path / "o"), "--init-evnn", str(tmp_path / "layer.pt")], capsys)
+    assert code == 2 and "8 lanes is more than the layer's 6 neurons" in err
