@@ -99,6 +99,7 @@ class PackedModel:
     sigmoid_lut: np.ndarray
     tanh_lut: np.ndarray
     meta: dict = field(default_factory=dict)
+    dense: bool = False               # every weight stored, zeros included
 
     def memory_bits(self) -> dict:
         """Bits of on-chip memory per kind, with every lane's memory as deep as the fullest."""
@@ -152,7 +153,7 @@ def _field_bits(n: int) -> int:
 
 
 def _pack_matrix(M: np.ndarray, input_rows: int, gates: int, lanes: int, fmt: NumberFormats,
-                 bias_x=None, bias_h=None, theta=None) -> MatrixImage:
+                 bias_x=None, bias_h=None, theta=None, dense: bool = False) -> MatrixImage:
     rows, cols = M.shape
     targets = cols // gates
     target_bits = _field_bits(max(lane_size(targets, lanes, 0), 1))
@@ -170,7 +171,8 @@ def _pack_matrix(M: np.ndarray, input_rows: int, gates: int, lanes: int, fmt: Nu
         order = np.argsort(cols_p, kind="stable")
         cols_p, gate_of, local_of = cols_p[order], gate_of[order], local_of[order]
         sub = M[:, cols_p]
-        r_idx, c_idx = np.nonzero(sub)  # row-major: grouped by row, column order within
+        # Row-major: grouped by row, column order within. Dense images store zeros too.
+        r_idx, c_idx = np.nonzero(np.ones_like(sub) if dense else sub)
         values = sub[r_idx, c_idx]
         words = (values.astype(np.int64) & wmask).astype(np.uint64) \
             | (gate_of[c_idx].astype(np.uint64) << np.uint64(fmt.weight_bits)) \
@@ -197,8 +199,10 @@ def _pack_matrix(M: np.ndarray, input_rows: int, gates: int, lanes: int, fmt: Nu
                        addr_bits=addr_bits, len_bits=len_bits, weight_bits=fmt.weight_bits, lanes=images)
 
 
-def pack(model: QuantModel, lanes: int, *, budget: int | dict | None = None) -> PackedModel:
+def pack(model: QuantModel, lanes: int, *, budget: int | dict | None = None, dense: bool = False) -> PackedModel:
     """Lay ``model`` out for ``lanes`` lanes; check it against ``budget`` if one is given.
+
+    ``dense=True`` stores every weight, zeros included (the dense baseline's images).
 
     ``budget``: total bits (int) or bits per memory kind (dict over :data:`MEMORY_KINDS`).
     Raises :class:`CapacityError` when the model does not fit.
@@ -213,13 +217,14 @@ def pack(model: QuantModel, lanes: int, *, budget: int | dict | None = None) -> 
     layers = []
     for layer in model.layers:
         M = np.concatenate([layer.W, layer.R], axis=0)
-        layers.append(_pack_matrix(M, layer.input_size, 3, lanes, fmt, layer.bias_x, layer.bias_h, layer.theta))
+        layers.append(_pack_matrix(M, layer.input_size, 3, lanes, fmt, layer.bias_x, layer.bias_h, layer.theta,
+                                   dense=dense))
     ro = model.readout
-    readout = _pack_matrix(ro.W, 0, 1, lanes, fmt, bias_h=ro.bias)
+    readout = _pack_matrix(ro.W, 0, 1, lanes, fmt, bias_h=ro.bias, dense=dense)
     packed = PackedModel(formats=fmt, lanes=lanes, layers=layers, readout=readout,
                          shifts=[{"w": tuple(l.w_shift), "r": tuple(l.r_shift)} for l in model.layers],
                          readout_shift=ro.shift, sigmoid_lut=model.sigmoid_lut, tanh_lut=model.tanh_lut,
-                         meta=dict(model.meta))
+                         meta=dict(model.meta), dense=bool(dense))
     if budget is not None:
         check_capacity(packed, budget)
     return packed

@@ -60,6 +60,9 @@ def test_unpack_pack_round_trip(p):
             cols = [c for c in range(3 * H) if lane_of(c % H, lanes) == p_]
             assert lengths[p_].tolist() == [int(np.count_nonzero(M[j, cols])) for j in range(M.shape[0])]
     assert sum(len(lane.weights) for lane in packed.readout.lanes) == np.count_nonzero(model.readout.W)
+    dense = pack(model, lanes, dense=True)
+    assert unpack(dense) == model
+    assert sum(len(lane.weights) for lane in dense.layers[0].lanes) == model.layers[0].W.size + model.layers[0].R.size
 
 
 def test_word_layout_of_one_entry():

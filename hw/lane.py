@@ -1,0 +1,350 @@
+"""One lane of the event-driven EGRU core: its memories and its two pipelines.
+
+Lane ``p`` owns neurons ``n = i * P + p`` (local index ``i``) of every layer and outputs
+``o = i * P + p`` of the readout.
+
+**Accumulate pipeline** (an event broadcast by the dispatcher; stages ``i_`` issue,
+``m_`` multiply, ``a_`` accumulate)::
+
+    i: weight read at i_addr (the lane's share of the event's row)
+    m: decode value/gate/target, product = event value * weight, aligned onto the
+       accumulator grid by the layer's constant shift; accumulator read at target
+    a: accumulator + product written back (the read port is transparent for the
+       write port, so back-to-back updates of one accumulator see each other)
+
+**Update pipeline** (one local neuron per cycle; stages ``u0`` .. ``u4``)::
+
+    u0: read accumulators z, r, ag, hg, the neuron's constants and cell state
+    u1: add the start values (biases); sigmoid table reads for z and r; clear the accumulators
+    u2: pre_g = ag + round(r * hg); tanh table read
+    u3: c~ = g' + round(z * (c - g'))   (= round(z c + (1 - z) g'), one multiplier); saturate
+    u4: threshold test, reset by subtraction, state write, event write into the event buffer
+
+All arithmetic follows :mod:`quantize.golden` bit for bit.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.lib.memory import Memory
+
+from quantize.lanes import lane_size
+
+from .params import (CoreParams, KIND_INPUT, KIND_READOUT, MEM_CONSTS, MEM_READOUT_BIAS, MEM_ROW_PTR,
+                     MEM_WEIGHTS)
+
+__all__ = ["Lane", "UPDATE_LATENCY", "ACCUMULATE_LATENCY"]
+
+#: Cycles from an update issue (u0) to its state/event write (u4), and from a weight issue to its write.
+UPDATE_LATENCY = 4
+ACCUMULATE_LATENCY = 2
+
+ACC_Z, ACC_R, ACC_AG, ACC_HG = 0, 1, 2, 3
+
+
+def _lut_index(m, pre, shift: int, lut_bits: int, name: str):
+    """Signal with ``clamp(floor(pre * 2**-shift) + 2**(lut_bits-1), 0, 2**lut_bits - 1)``."""
+    half = 1 << (lut_bits - 1)
+    scaled = Signal(signed(len(pre) + max(0, -shift) + 1), name=f"{name}_scaled")
+    m.d.comb += scaled.eq(pre >> shift if shift >= 0 else pre << -shift)
+    idx = Signal(lut_bits, name=f"{name}_idx")
+    with m.If(scaled < -half):
+        m.d.comb += idx.eq(0)
+    with m.Elif(scaled >= half):
+        m.d.comb += idx.eq((1 << lut_bits) - 1)
+    with m.Else():
+        m.d.comb += idx.eq(scaled + half)
+    return idx
+
+
+class Lane(Elaboratable):
+    """Lane ``index`` of a core described by ``params`` (see module docstring).
+
+    The core drives the inputs below and reads the outputs; all are plain signals.
+    """
+
+    def __init__(self, params: CoreParams, index: int, *, debug: bool = False):
+        self.params = params
+        self.index = index
+        self.debug = debug
+        p, fmt = params, params.formats
+        layer_bits = max(1, (p.layers - 1).bit_length())
+        # -- dispatcher side: row pointers and weight issue
+        self.ptr_addr = Signal(range(max(2, p.rows)))
+        self.ptr_en = Signal()
+        self.ptr_start = Signal(p.addr_bits)
+        self.ptr_len = Signal(p.len_bits)
+        self.load = Signal()         # load ptr_start/ptr_len as the next event's share
+        self.advance = Signal()      # the issue stage runs this cycle
+        self.ev_value = Signal(signed(p.value_bits))
+        self.ev_kind = Signal(2)
+        self.ev_layer = Signal(layer_bits)
+        self.busy = Signal()         # entries still to issue or in flight
+        # -- update sweep
+        self.upd_valid = Signal()
+        self.upd_index = Signal(range(max(2, p.acc_depth)))
+        self.upd_layer = Signal(layer_bits)
+        self.upd_first = Signal()    # first step of a sequence: c_{t-1} = 0
+        self.upd_region = Signal(range(max(2, p.evb_depth)))  # event-buffer base for this layer and parity
+        self.upd_start = Signal()    # clear the event count before a sweep
+        self.upd_mode = Signal()     # accumulator read ports follow the sweep
+        self.ev_count = Signal(range(p.acc_depth + 1))
+        # -- event-buffer read (dispatcher) and readout output
+        self.evb_addr = Signal(range(max(2, p.evb_depth)))
+        self.evb_en = Signal()
+        self.evb_local = Signal(p.local_bits)
+        self.evb_value = Signal(signed(fmt.state_bits))
+        self.out_mode = Signal()
+        self.out_addr = Signal(range(max(2, p.readout_local)))
+        self.out_en = Signal()
+        self.out_value = Signal(signed(p.readout_bits))  # accumulator + bias
+        self.out_clear = Signal()
+        # -- clearing after reset
+        self.clr_valid = Signal()
+        self.clr_index = Signal(range(max(2, max(p.acc_depth, p.readout_local))))
+        # -- run-time memory writes
+        self.cfg_we = Signal()
+        self.cfg_mem = Signal(2)
+        self.cfg_addr = Signal(range(max(2, max(p.weight_depth, p.rows, p.const_depth, p.readout_local))))
+        self.cfg_data = Signal(max(p.mem_word_bits(k) for k in range(4)))
+        # -- debug: every neuron update
+        self.dbg_valid = Signal()
+        self.dbg_layer = Signal(layer_bits)
+        self.dbg_neuron = Signal(range(max(2, max(p.hidden))))
+        self.dbg_candidate = Signal(signed(fmt.state_bits))
+        self.dbg_fire = Signal()
+        self.dbg_state = Signal(signed(fmt.state_bits))
+
+    def elaborate(self, platform):
+        m = Module()
+        p, fmt, P, lane = self.params, self.params.formats, self.params.lanes, self.index
+        wb, A, S = fmt.weight_bits, p.acc_bits, fmt.state_bits
+
+        def memory(name, width, depth, init=(), signed_=False):
+            mem = Memory(shape=signed(width) if signed_ else unsigned(width), depth=max(1, depth),
+                         init=list(init))
+            m.submodules[name] = mem
+            return mem
+
+        def cfg_port(mem, mem_id, name):
+            wr = mem.write_port()
+            m.d.comb += [wr.addr.eq(self.cfg_addr), wr.data.eq(self.cfg_data),
+                         wr.en.eq(self.cfg_we & (self.cfg_mem == mem_id))]
+            return wr
+
+        # -- memories ------------------------------------------------------------------------
+        w_mem = memory("weights", p.weight_word_bits, p.weight_depth, p.weights[lane])
+        cfg_port(w_mem, MEM_WEIGHTS, "weights")
+        w_rd = w_mem.read_port()
+        ptr_mem = memory("row_ptr", p.row_ptr_word_bits, p.rows, p.row_ptr[lane])
+        cfg_port(ptr_mem, MEM_ROW_PTR, "row_ptr")
+        ptr_rd = ptr_mem.read_port()
+        const_mem = memory("consts", p.const_word_bits, p.const_depth, p.consts[lane])
+        cfg_port(const_mem, MEM_CONSTS, "consts")
+        const_rd = const_mem.read_port()
+        rob_mem = memory("readout_bias", p.readout_bits, p.readout_local, p.readout_bias[lane])
+        cfg_port(rob_mem, MEM_READOUT_BIAS, "readout_bias")
+        rob_rd = rob_mem.read_port()
+        state_mem = memory("state", S, p.const_depth, signed_=True)
+        state_wr = state_mem.write_port()
+        state_rd = state_mem.read_port()
+        evb_mem = memory("events", p.local_bits + S, p.evb_depth)
+        evb_wr = evb_mem.write_port()
+        evb_rd = evb_mem.read_port()
+        acc_wr, acc_rd = [], []
+        for k, name in enumerate(("acc_z", "acc_r", "acc_ag", "acc_hg")):
+            mem = memory(name, A, p.acc_depth, signed_=True)
+            wr = mem.write_port()
+            acc_wr.append(wr)
+            acc_rd.append(mem.read_port(transparent_for=(wr,)))
+        ro_mem = memory("readout_acc", p.readout_bits, p.readout_local, signed_=True)
+        ro_wr = ro_mem.write_port()
+        ro_rd = ro_mem.read_port(transparent_for=(ro_wr,))
+        sig_mem = memory("sigmoid_lut", fmt.sigmoid_value_bits, len(p.sigmoid_lut), p.sigmoid_lut)
+        sig_rd = [sig_mem.read_port(), sig_mem.read_port()]
+        tanh_mem = memory("tanh_lut", fmt.tanh_value_bits, len(p.tanh_lut), p.tanh_lut, signed_=True)
+        tanh_rd = tanh_mem.read_port()
+
+        # -- row pointers and issue ------------------------------------------------------------
+        m.d.comb += [ptr_rd.addr.eq(self.ptr_addr), ptr_rd.en.eq(self.ptr_en),
+                     self.ptr_start.eq(ptr_rd.data[:p.addr_bits]),
+                     self.ptr_len.eq(ptr_rd.data[p.addr_bits:])]
+        i_addr = Signal(p.addr_bits)
+        i_rem = Signal(p.len_bits)
+        i_issue = Signal()
+        m.d.comb += [i_issue.eq(self.advance & (i_rem != 0)), w_rd.addr.eq(i_addr)]
+        with m.If(self.load):
+            m.d.sync += [i_addr.eq(self.ptr_start), i_rem.eq(self.ptr_len)]
+        with m.Elif(i_issue):
+            m.d.sync += [i_addr.eq(i_addr + 1), i_rem.eq(i_rem - 1)]
+
+        # -- multiply stage --------------------------------------------------------------------
+        m_valid = Signal()
+        m_value = Signal.like(self.ev_value)
+        m_kind = Signal.like(self.ev_kind)
+        m_layer = Signal.like(self.ev_layer)
+        m.d.sync += [m_valid.eq(i_issue), m_value.eq(self.ev_value), m_kind.eq(self.ev_kind),
+                     m_layer.eq(self.ev_layer)]
+        m_weight = Signal(signed(wb))
+        m_gate = Signal(2)
+        m_target = Signal(p.target_bits)
+        m.d.comb += [m_weight.eq(w_rd.data[:wb].as_signed()), m_gate.eq(w_rd.data[wb:wb + 2]),
+                     m_target.eq(w_rd.data[wb + 2:])]
+        m_product = Signal(signed(p.value_bits + wb))
+        m.d.comb += m_product.eq(m_value * m_weight)
+        max_align = max([0] + [s for l in range(p.layers) for s in p.input_align[l] + p.recurrent_align[l]])
+        m_addend = Signal(signed(len(m_product) + max_align))
+        m_sel = Signal(3)   # 0..3: accumulators z, r, ag, hg; 4: readout
+        with m.If(m_kind == KIND_READOUT):
+            m.d.comb += [m_sel.eq(4), m_addend.eq(m_product)]
+        with m.Else():
+            with m.Switch(m_gate):
+                for gate in range(3):
+                    with m.Case(gate):
+                        if gate < 2:
+                            m.d.comb += m_sel.eq(gate)
+                        else:
+                            m.d.comb += m_sel.eq(Mux(m_kind == KIND_INPUT, ACC_AG, ACC_HG))
+                        with m.Switch(Cat(m_kind == KIND_INPUT, m_layer)):
+                            for l in range(p.layers):
+                                for is_input in (0, 1):
+                                    shift = (p.input_align if is_input else p.recurrent_align)[l][gate]
+                                    with m.Case(is_input | (l << 1)):
+                                        m.d.comb += m_addend.eq(m_product << shift)
+
+        # -- accumulate stage ------------------------------------------------------------------
+        a_valid = Signal()
+        a_sel = Signal(3)
+        a_target = Signal(p.target_bits)
+        a_addend = Signal.like(m_addend)
+        m.d.sync += [a_valid.eq(m_valid), a_sel.eq(m_sel), a_target.eq(m_target), a_addend.eq(m_addend)]
+        a_current = Signal(signed(max(A, p.readout_bits)))
+        with m.Switch(a_sel):
+            for k in range(4):
+                with m.Case(k):
+                    m.d.comb += a_current.eq(acc_rd[k].data)
+            with m.Default():
+                m.d.comb += a_current.eq(ro_rd.data)
+        a_sum = Signal(signed(max(A, p.readout_bits) + 1))
+        m.d.comb += a_sum.eq(a_current + a_addend)
+        m.d.comb += self.busy.eq((i_rem != 0) | m_valid | a_valid)
+
+        # -- update sweep ----------------------------------------------------------------------
+        counts = [lane_size(p.hidden[l], P, lane) for l in range(p.layers)]
+        u0_valid = Signal()
+        u0_const_addr = Signal.like(self.cfg_addr)
+        with m.Switch(self.upd_layer):
+            for l in range(p.layers):
+                with m.Case(l):
+                    m.d.comb += [u0_valid.eq(self.upd_valid & (self.upd_index < counts[l])),
+                                 u0_const_addr.eq(p.const_base[l] + self.upd_index)]
+        m.d.comb += [const_rd.addr.eq(u0_const_addr), state_rd.addr.eq(u0_const_addr)]
+
+        u1_valid, u1_index = Signal(), Signal.like(self.upd_index)
+        u1_layer, u1_first = Signal.like(self.upd_layer), Signal()
+        u1_region, u1_state_addr = Signal.like(self.upd_region), Signal.like(u0_const_addr)
+        m.d.sync += [u1_valid.eq(u0_valid), u1_index.eq(self.upd_index), u1_layer.eq(self.upd_layer),
+                     u1_first.eq(self.upd_first), u1_region.eq(self.upd_region),
+                     u1_state_addr.eq(u0_const_addr)]
+        word = const_rd.data
+        u1_init = [word[k * A:(k + 1) * A].as_signed() for k in range(4)]
+        u1_theta = word[4 * A:4 * A + S]
+        u1_pre = [Signal(signed(p.pre_bits), name=f"u1_pre_{n}") for n in ("z", "r", "ag", "hg")]
+        for k in range(4):
+            m.d.comb += u1_pre[k].eq(acc_rd[k].data + u1_init[k])
+        u1_c = Signal(signed(S))
+        m.d.comb += u1_c.eq(Mux(u1_first, 0, state_rd.data))
+        idx_z = Signal(fmt.sigmoid_lut_bits)
+        idx_r = Signal(fmt.sigmoid_lut_bits)
+        with m.Switch(u1_layer):
+            for l in range(p.layers):
+                with m.Case(l):
+                    shift = p.acc_frac[l] - fmt.sigmoid_lut_frac
+                    m.d.comb += [idx_z.eq(_lut_index(m, u1_pre[ACC_Z], shift, fmt.sigmoid_lut_bits, f"z{l}")),
+                                 idx_r.eq(_lut_index(m, u1_pre[ACC_R], shift, fmt.sigmoid_lut_bits, f"r{l}"))]
+        m.d.comb += [sig_rd[0].addr.eq(idx_z), sig_rd[1].addr.eq(idx_r)]
+
+        u2_valid, u2_index, u2_layer = Signal(), Signal.like(u1_index), Signal.like(u1_layer)
+        u2_region, u2_state_addr = Signal.like(u1_region), Signal.like(u1_state_addr)
+        u2_ag, u2_hg = Signal(signed(p.pre_bits)), Signal(signed(p.pre_bits))
+        u2_theta, u2_c = Signal(S), Signal(signed(S))
+        m.d.sync += [u2_valid.eq(u1_valid), u2_index.eq(u1_index), u2_layer.eq(u1_layer),
+                     u2_region.eq(u1_region), u2_state_addr.eq(u1_state_addr),
+                     u2_ag.eq(u1_pre[ACC_AG]), u2_hg.eq(u1_pre[ACC_HG]), u2_theta.eq(u1_theta), u2_c.eq(u1_c)]
+        fs = fmt.sigmoid_frac
+        u2_z, u2_r = sig_rd[0].data, sig_rd[1].data
+        u2_rh = Signal(signed(p.pre_bits + fs + 2))
+        m.d.comb += u2_rh.eq((u2_r * u2_hg + (1 << (fs - 1))) >> fs)
+        u2_pre_g = Signal(signed(p.pre_bits + 1))
+        m.d.comb += u2_pre_g.eq(u2_ag + u2_rh)
+        idx_g = Signal(fmt.tanh_lut_bits)
+        with m.Switch(u2_layer):
+            for l in range(p.layers):
+                with m.Case(l):
+                    shift = p.acc_frac[l] - fmt.tanh_lut_frac
+                    m.d.comb += idx_g.eq(_lut_index(m, u2_pre_g, shift, fmt.tanh_lut_bits, f"g{l}"))
+        m.d.comb += tanh_rd.addr.eq(idx_g)
+
+        u3_valid, u3_index, u3_layer = Signal(), Signal.like(u2_index), Signal.like(u2_layer)
+        u3_region, u3_state_addr = Signal.like(u2_region), Signal.like(u2_state_addr)
+        u3_z, u3_theta, u3_c = Signal(fs + 1), Signal(S), Signal(signed(S))
+        m.d.sync += [u3_valid.eq(u2_valid), u3_index.eq(u2_index), u3_layer.eq(u2_layer),
+                     u3_region.eq(u2_region), u3_state_addr.eq(u2_state_addr),
+                     u3_z.eq(u2_z), u3_theta.eq(u2_theta), u3_c.eq(u2_c)]
+        u3_g = Signal(signed(S + 1))
+        m.d.comb += u3_g.eq(tanh_rd.data << fmt.g_align)
+        u3_prod = Signal(signed(fs + 1 + S + 3))
+        m.d.comb += u3_prod.eq(u3_z * (u3_c - u3_g))
+        u3_raw = Signal(signed(S + 3))
+        m.d.comb += u3_raw.eq(u3_g + ((u3_prod + (1 << (fs - 1))) >> fs))
+        u3_cand = Signal(signed(S))
+        m.d.comb += u3_cand.eq(Mux(u3_raw > fmt.state_max, fmt.state_max,
+                                   Mux(u3_raw < fmt.state_min, fmt.state_min, u3_raw)))
+
+        u4_valid, u4_index, u4_layer = Signal(), Signal.like(u3_index), Signal.like(u3_layer)
+        u4_region, u4_state_addr = Signal.like(u3_region), Signal.like(u3_state_addr)
+        u4_cand, u4_theta = Signal(signed(S)), Signal(S)
+        m.d.sync += [u4_valid.eq(u3_valid), u4_index.eq(u3_index), u4_layer.eq(u3_layer),
+                     u4_region.eq(u3_region), u4_state_addr.eq(u3_state_addr),
+                     u4_cand.eq(u3_cand), u4_theta.eq(u3_theta)]
+        u4_fire = Signal()
+        u4_state = Signal(signed(S))
+        m.d.comb += [u4_fire.eq(u4_cand > u4_theta),
+                     u4_state.eq(Mux(u4_fire, u4_cand - u4_theta, u4_cand))]
+        m.d.comb += [state_wr.en.eq(u4_valid), state_wr.addr.eq(u4_state_addr), state_wr.data.eq(u4_state)]
+        emit = u4_valid & (u4_fire | int(p.dense))
+        m.d.comb += [evb_wr.en.eq(emit), evb_wr.addr.eq(u4_region + self.ev_count),
+                     evb_wr.data.eq(Cat(u4_index[:p.local_bits], Mux(u4_fire, u4_cand, 0)))]
+        with m.If(self.upd_start):
+            m.d.sync += self.ev_count.eq(0)
+        with m.Elif(emit):
+            m.d.sync += self.ev_count.eq(self.ev_count + 1)
+        m.d.comb += [self.dbg_valid.eq(u4_valid), self.dbg_layer.eq(u4_layer),
+                     self.dbg_neuron.eq(u4_index * P + lane), self.dbg_candidate.eq(u4_cand),
+                     self.dbg_fire.eq(u4_fire), self.dbg_state.eq(u4_state)]
+
+        # -- accumulator ports: sweep, accumulate, clear -----------------------------------------
+        for k in range(4):
+            m.d.comb += [acc_rd[k].addr.eq(Mux(self.upd_mode, self.upd_index, m_target))]
+            with m.If(self.clr_valid):
+                m.d.comb += [acc_wr[k].en.eq(1), acc_wr[k].addr.eq(self.clr_index), acc_wr[k].data.eq(0)]
+            with m.Elif(u1_valid):  # a swept accumulator starts from zero for the next layer
+                m.d.comb += [acc_wr[k].en.eq(1), acc_wr[k].addr.eq(u1_index), acc_wr[k].data.eq(0)]
+            with m.Else():
+                m.d.comb += [acc_wr[k].en.eq(a_valid & (a_sel == k)), acc_wr[k].addr.eq(a_target),
+                             acc_wr[k].data.eq(a_sum)]
+        m.d.comb += [ro_rd.addr.eq(Mux(self.out_mode, self.out_addr, m_target)),
+                     ro_rd.en.eq(Mux(self.out_mode, self.out_en, 1)),
+                     rob_rd.addr.eq(self.out_addr), rob_rd.en.eq(self.out_en),
+                     self.out_value.eq(ro_rd.data + rob_rd.data.as_signed())]
+        with m.If(self.clr_valid):
+            m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.clr_index), ro_wr.data.eq(0)]
+        with m.Elif(self.out_clear):
+            m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.out_addr), ro_wr.data.eq(0)]
+        with m.Else():
+            m.d.comb += [ro_wr.en.eq(a_valid & (a_sel == 4)), ro_wr.addr.eq(a_target), ro_wr.data.eq(a_sum)]
+
+        m.d.comb += [evb_rd.addr.eq(self.evb_addr), evb_rd.en.eq(self.evb_en),
+                     self.evb_local.eq(evb_rd.data[:p.local_bits]),
+                     self.evb_value.eq(evb_rd.data[p.local_bits:].as_signed())]
+        return m
