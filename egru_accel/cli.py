@@ -166,6 +166,79 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_random_model(args) -> int:
+    from quantize.random_model import random_model
+    try:
+        model = random_model(inputs=args.inputs, hidden=[args.hidden] * args.layers, outputs=args.outputs,
+                             weight_sparsity=args.weight_sparsity, lanes=args.lanes, seed=args.seed,
+                             threshold_mode=args.thresholds, fine=args.fine)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise UserError(f"{args.out} is a directory; --out names the model file to write")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    model.save(out)
+    if not args.quiet:
+        print(f"wrote {args.out}: {args.inputs} inputs, {args.layers} x {args.hidden} neurons, "
+              f"{args.outputs} outputs, weight sparsity {args.weight_sparsity}, thresholds {args.thresholds}")
+    return 0
+
+
+def _core_params(model, lanes: int, dense: bool = False):
+    from hw.params import CoreParams
+    try:
+        return CoreParams.from_model(model, lanes=lanes, dense=dense)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_generate(args) -> int:
+    from hw.generate import generate_verilog
+    model = load_model(args.model)
+    params = _core_params(model, args.lanes, args.dense)   # every check before anything is written
+    with output_directory(args.out) as tmp:
+        summary = generate_verilog(params, tmp, debug=args.debug)
+    if not args.quiet:
+        mem = summary["memories_per_lane"]
+        print(f"wrote {os.path.join(args.out, summary['verilog'])} ({args.lanes} lanes"
+              f"{', dense baseline' if args.dense else ''}): weight memory {mem['weights']['depth']} x "
+              f"{mem['weights']['width']} bits per lane, {summary['memory_bits_total']} memory bits in all")
+    return 0
+
+
+def cmd_sim(args) -> int:
+    import shutil as _shutil
+    from sim.report import model_inputs, simulate
+    if _shutil.which("iverilog") is None:
+        raise UserError("Icarus Verilog is not installed (apt-get install iverilog, or run scripts/setup.sh)")
+    model = load_model(args.model)
+    _core_params(model, args.lanes, args.dense)   # parameter errors before any output
+    try:
+        sequences, labels = model_inputs(model, samples=args.samples, steps=args.steps, seed=args.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    with output_directory(args.out) as tmp:
+        report = simulate(model, lanes=args.lanes, sequences=sequences, labels=labels,
+                          build_dir=os.path.join(tmp, "build"), stall_probability=args.stall,
+                          seed=args.seed, waves=args.waves, dense=args.dense, progress=not args.quiet)
+        if not args.waves:
+            shutil.rmtree(os.path.join(tmp, "build"), ignore_errors=True)
+        report["model"] = os.path.abspath(args.model)
+        _write_json(os.path.join(tmp, "report.json"), report)
+    if not args.quiet:
+        print(f"{report['sequences']} sequences, {report['steps']} steps, {report['neuron_steps']} neuron updates "
+              f"compared: {report['mismatches']} mismatches")
+        print(f"cycles per step {report['cycles_per_step']['mean']:.1f} (ideal {report['ideal_cycles_per_step']['mean']:.1f},"
+              f" {report['cycles_over_ideal']:.3f}x); dense baseline {report['dense_cycles_per_step']['mean']:.1f}"
+              f" ({report['cycle_ratio']:.1f}x the cycles for {report['mac_ratio']:.1f}x the MACs)")
+        if "rtl_accuracy" in report:
+            print(f"RTL accuracy {report['rtl_accuracy']:.2%} (golden model {report['golden_accuracy']:.2%})")
+        for line in report["first_mismatches"][:5]:
+            print("  " + line)
+    return 1 if report["mismatches"] else 0
+
+
 def _train_summary(r: dict, out: str) -> str:
     sp = ", ".join(f"{k} {v:.1%}" for k, v in r["weight_sparsity"].items())
     act = ", ".join(f"{k} {v:.1%}" for k, v in r["activity_sparsity"].items())
@@ -222,6 +295,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=cmd_pack)
+
+    from quantize.random_model import THRESHOLD_MODES
+    p = sub.add_parser("random-model", help="write a random quantized model for verification",
+                       description="A random integer model (uniform int8 weights at the given sparsity) "
+                                   "for hardware verification; --thresholds picks the corner to reach.")
+    p.add_argument("--inputs", type=_positive_int, required=True, metavar="I")
+    p.add_argument("--hidden", type=_positive_int, required=True, metavar="H", help="neurons per layer")
+    p.add_argument("--layers", type=_positive_int, default=1, metavar="L")
+    p.add_argument("--outputs", type=_positive_int, default=4, metavar="O", help="readout outputs (default: 4)")
+    p.add_argument("--weight-sparsity", type=_sparsity, default=0.5, metavar="S")
+    p.add_argument("--lanes", type=_positive_int, default=None, metavar="P",
+                   help="balance the weights across P lanes (default: unbalanced)")
+    p.add_argument("--thresholds", choices=THRESHOLD_MODES, default="mixed",
+                   help="threshold corner: %(choices)s (default: %(default)s)")
+    p.add_argument("--fine", action="store_true",
+                   help="number formats whose tables resolve every accumulator LSB")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="FILE", help="model file to write (.npz)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_random_model)
+
+    p = sub.add_parser("generate", help="write the Verilog of the accelerator for a model",
+                       description="Write DIR/egru_core.v and DIR/summary.json (memories, widths, depths).")
+    p.add_argument("--model", required=True, metavar="M", help="quantized model (model.npz)")
+    p.add_argument("--lanes", type=_positive_int, required=True, metavar="P", help="parallel lanes")
+    p.add_argument("--dense", action="store_true", help="the dense baseline (all weights, every neuron active)")
+    p.add_argument("--debug", action="store_true", help="add the per-lane neuron-update debug ports")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("sim", help="simulate the generated Verilog in cocotb against the golden model",
+                       description="Run the model's accelerator in cocotb (Icarus) on its task's test split "
+                                   "(or random inputs for a random model), compare every output, event and cell "
+                                   "state with the golden model, count cycles, and write DIR/report.json. "
+                                   "Exit status 1 if anything differs.")
+    p.add_argument("--model", required=True, metavar="M")
+    p.add_argument("--lanes", type=_positive_int, required=True, metavar="P")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--samples", type=_positive_int, default=None, metavar="K",
+                       help="sequences to run (default: the whole test split; random models: 1)")
+    group.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                       help="steps per random sequence, for models without a task (default: 200)")
+    p.add_argument("--dense", action="store_true", help="simulate the dense baseline instead of the sparse core")
+    p.add_argument("--stall", type=_sparsity, default=0.3, metavar="PROB",
+                   help="probability of an idle input cycle and of output back-pressure (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--waves", action="store_true", help="keep DIR/build with an FST waveform of the first chunk")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("eval", help="golden-model accuracy and MACs of a quantized model on its task")
     p.add_argument("--model", required=True, metavar="M", help="quantized model (model.npz)")

@@ -15,6 +15,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from quantize.lanes import lane_size
+
 from .lane import ACCUMULATE_LATENCY, Lane, UPDATE_LATENCY
 from .params import CoreParams, KIND_INPUT, KIND_READOUT, KIND_RECURRENT
 
@@ -62,7 +64,7 @@ class DebugSignature(wiring.Signature):
 
 
 # Sequencer states.
-CLEAR, IDLE, ACC, DRAIN, UPDATE, OUTPUT_READ, OUTPUT_SEND, DONE = range(8)
+CLEAR, IDLE, ACC, DRAIN, UPDATE, OUTPUT, DONE = range(7)
 # Event sources of an accumulate phase.
 SRC_INPUT_STREAM, SRC_BELOW, SRC_OWN, SRC_LAST = range(4)
 
@@ -145,8 +147,12 @@ class EGRUCore(wiring.Component):
         count_w = p.acc_depth.bit_length() + 1
         # Event counts of the buffers being read are kept per layer and parity in registers
         # (a lane's live counter only covers the sweep it is writing).
-        saved = [[[Signal(count_w, name=f"cnt_l{l}_h{h}_p{k}") for k in range(P)] for h in range(2)]
-                 for l in range(L)]
+        # The dense baseline treats every neuron as active from the first step on: its
+        # "previous step" holds every neuron as an event of value 0.
+        start_count = [[lane_size(p.hidden[l], P, k) if p.dense else 0 for k in range(P)] for l in range(L)]
+        saved = [[[Signal(count_w, name=f"cnt_l{l}_h{h}_p{k}", init=start_count[l][k]) for k in range(P)]
+                  for h in range(2)] for l in range(L)]
+        e_pending_k = Signal.like(e_k)
 
         # The counts of the buffer being walked, selected by (e_layer, e_half).
         e_half = Signal()
@@ -161,8 +167,8 @@ class EGRUCore(wiring.Component):
         def first_nonempty(after):
             found = Signal(name=f"nonempty_found")
             which = Signal.like(e_lane, name=f"nonempty_lane")
-            for k in reversed(range(P)):
-                with m.If((walk_counts[k] != 0) & (Const(k) > after)):
+            for k in reversed(range(1, P)):  # lane 0 never comes after another lane
+                with m.If((walk_counts[k] != 0) & (after < k)):
                     m.d.comb += [found.eq(1), which.eq(k)]
             return found, which
 
@@ -194,14 +200,20 @@ class EGRUCore(wiring.Component):
             with m.If(self.i.valid & self.i.ready):
                 m.d.sync += elem.eq(elem + 1)
         with m.Else():
-            m.d.comb += [s_valid.eq(e_pending), s_row.eq(e_row_base + pending_local * P + e_pending_lane),
-                         s_value.eq(pending_value), src_done.eq(~e_active & ~e_pending)]
+            if p.dense:
+                # Dense buffers hold every neuron in order (entry k is local neuron k); at a
+                # sequence's first step the previous step's events are all zero.
+                m.d.comb += [s_row.eq(e_row_base + e_pending_k * P + e_pending_lane),
+                             s_value.eq(Mux(first & (src == SRC_OWN), 0, pending_value))]
+            else:
+                m.d.comb += [s_row.eq(e_row_base + pending_local * P + e_pending_lane), s_value.eq(pending_value)]
+            m.d.comb += [s_valid.eq(e_pending), src_done.eq(~e_active & ~e_pending)]
             issue_read = Signal()
             m.d.comb += issue_read.eq(e_active & (~e_pending | s_ready))
             for k, lane in enumerate(lanes):
                 m.d.comb += [lane.evb_addr.eq(e_region + e_k), lane.evb_en.eq(issue_read & (e_lane == k))]
             with m.If(issue_read):
-                m.d.sync += [e_pending.eq(1), e_pending_lane.eq(e_lane)]
+                m.d.sync += [e_pending.eq(1), e_pending_lane.eq(e_lane), e_pending_k.eq(e_k)]
                 with m.If(e_k + 1 < e_count_here):
                     m.d.sync += e_k.eq(e_k + 1)
                 with m.Elif(next_found):
@@ -222,8 +234,9 @@ class EGRUCore(wiring.Component):
         i_kind = Signal(2)
         i_layer = Signal.like(layer)
         i_take = Signal()
-        m.d.comb += [i_take.eq(p_valid & (~i_active | (i_count <= 1))),
-                     s_ready.eq(~p_valid | i_take)]
+        p_empty = Signal()     # the event's row holds no weight in any lane: it costs no issue cycle
+        m.d.comb += [i_take.eq(p_valid & ~p_empty & (~i_active | (i_count <= 1))),
+                     s_ready.eq(~p_valid | i_take | p_empty)]
         cur_kind = Signal(2)
         m.d.comb += cur_kind.eq(Mux(readout, KIND_READOUT, Mux((src == SRC_OWN), KIND_RECURRENT, KIND_INPUT)))
         p_advance = Signal()
@@ -232,17 +245,17 @@ class EGRUCore(wiring.Component):
             m.d.comb += [lane.ptr_addr.eq(s_row), lane.ptr_en.eq(p_advance)]
         with m.If(p_advance):
             m.d.sync += [p_valid.eq(1), p_value.eq(s_value), p_kind.eq(cur_kind), p_layer.eq(layer)]
-        with m.Elif(i_take):
+        with m.Elif(i_take | p_empty):
             m.d.sync += p_valid.eq(0)
-        # Cycles the event occupies: the longest lane share, at least one.
+        # Cycles the event occupies: the longest lane share.
         p_max = Signal(p.len_bits + 1)
         lens = [lane.ptr_len for lane in lanes]
-        running = Const(1, p.len_bits + 1)
+        running = Const(0, p.len_bits + 1)
         for k, ln in enumerate(lens):
             nxt = Signal(p.len_bits + 1, name=f"p_max{k}")
             m.d.comb += nxt.eq(Mux(ln > running, ln, running))
             running = nxt
-        m.d.comb += p_max.eq(running)
+        m.d.comb += [p_max.eq(running), p_empty.eq(p_valid & (running == 0))]
         for lane in lanes:
             m.d.comb += [lane.load.eq(i_take), lane.advance.eq(i_active), lane.ev_value.eq(i_value),
                          lane.ev_kind.eq(i_kind), lane.ev_layer.eq(i_layer)]
@@ -260,9 +273,17 @@ class EGRUCore(wiring.Component):
         # -- phase control -------------------------------------------------------------------
         sweep = Signal(range(p.acc_depth + UPDATE_LATENCY + 2))
         drain = Signal(range(UPDATE_LATENCY + ACCUMULATE_LATENCY + 2))
-        out_lane = Signal(range(max(2, P)))
-        out_local = Signal(range(max(2, p.readout_local)))
-        out_index = Signal(range(p.outputs + 1))
+        # Output: read output `o_rd` (lane o_rd_lane, local o_rd_local) while the previous
+        # read waits on the memory outputs (o_pending) and the one before is on the stream.
+        o_rd = Signal(range(p.outputs + 1))
+        o_rd_lane = Signal(range(max(2, P)))
+        o_rd_local = Signal(range(max(2, p.readout_local)))
+        o_pending = Signal()
+        o_pend_lane = Signal.like(o_rd_lane)
+        o_pend_local = Signal.like(o_rd_local)
+        o_valid = Signal()
+        o_data = Signal(signed(p.readout_bits))
+        o_sent = Signal(range(p.outputs + 1))
         clr = Signal(range(max(2, max(p.acc_depth, p.readout_local) + 1)))
         sweep_len = Signal.like(sweep)
         with m.Switch(layer):
@@ -312,7 +333,7 @@ class EGRUCore(wiring.Component):
                     for l in range(L):
                         for h in range(2):
                             for k in range(P):
-                                m.d.sync += saved[l][h][k].eq(0)
+                                m.d.sync += saved[l][h][k].eq(start_count[l][k])
                 with m.Elif(self.i.valid):
                     m.d.sync += [state.eq(ACC), layer.eq(0), readout.eq(0), src.eq(SRC_INPUT_STREAM),
                                  elem.eq(0), this_step.eq(0)]
@@ -338,7 +359,8 @@ class EGRUCore(wiring.Component):
             with m.Case(DRAIN):
                 with m.If(~p_valid & ~i_active & ~lanes_busy):
                     with m.If(readout):
-                        m.d.sync += [state.eq(OUTPUT_READ), out_lane.eq(0), out_local.eq(0), out_index.eq(0)]
+                        m.d.sync += [state.eq(OUTPUT), o_rd.eq(0), o_rd_lane.eq(0), o_rd_local.eq(0),
+                                     o_pending.eq(0), o_valid.eq(0), o_sent.eq(0)]
                     with m.Else():
                         m.d.sync += [state.eq(UPDATE), sweep.eq(0)]
                         for lane in lanes:
@@ -359,27 +381,37 @@ class EGRUCore(wiring.Component):
                             for l in range(L - 1):
                                 with m.Case(l):
                                     begin_walk(Const(l, len(layer)), parity, p.row_base[l + 1])
-            with m.Case(OUTPUT_READ):
-                for lane in lanes:
-                    m.d.comb += [lane.out_mode.eq(1), lane.out_addr.eq(out_local), lane.out_en.eq(1)]
-                m.d.sync += state.eq(OUTPUT_SEND)
-            with m.Case(OUTPUT_SEND):
-                m.d.comb += self.o.valid.eq(1)
-                with m.Switch(out_lane):
-                    for k, lane in enumerate(lanes):
-                        with m.Case(k):
-                            m.d.comb += [self.o.payload.eq(lane.out_value), lane.out_clear.eq(self.o.ready)]
-                for lane in lanes:
-                    m.d.comb += [lane.out_mode.eq(1), lane.out_addr.eq(out_local)]
-                with m.If(self.o.ready):
-                    with m.If(out_index == p.outputs - 1):
-                        m.d.sync += state.eq(DONE)
+            with m.Case(OUTPUT):
+                o_consume = Signal()
+                o_issue = Signal()
+                m.d.comb += [o_consume.eq(o_pending & (~o_valid | self.o.ready)),
+                             o_issue.eq((o_rd < p.outputs) & (~o_pending | o_consume)),
+                             self.o.valid.eq(o_valid), self.o.payload.eq(o_data)]
+                for k, lane in enumerate(lanes):
+                    m.d.comb += [lane.out_mode.eq(1), lane.out_addr.eq(o_rd_local), lane.out_en.eq(o_issue),
+                                 lane.out_clear_addr.eq(o_pend_local),
+                                 lane.out_clear.eq(o_consume & (o_pend_lane == k))]
+                with m.If(o_consume):
+                    with m.Switch(o_pend_lane):
+                        for k, lane in enumerate(lanes):
+                            with m.Case(k):
+                                m.d.sync += o_data.eq(lane.out_value)
+                    m.d.sync += o_valid.eq(1)
+                with m.Elif(self.o.ready):
+                    m.d.sync += o_valid.eq(0)
+                with m.If(o_issue):
+                    m.d.sync += [o_pending.eq(1), o_pend_lane.eq(o_rd_lane), o_pend_local.eq(o_rd_local),
+                                 o_rd.eq(o_rd + 1)]
+                    with m.If(o_rd_lane == P - 1):
+                        m.d.sync += [o_rd_lane.eq(0), o_rd_local.eq(o_rd_local + 1)]
                     with m.Else():
-                        m.d.sync += [out_index.eq(out_index + 1), state.eq(OUTPUT_READ)]
-                        with m.If(out_lane == P - 1):
-                            m.d.sync += [out_lane.eq(0), out_local.eq(out_local + 1)]
-                        with m.Else():
-                            m.d.sync += out_lane.eq(out_lane + 1)
+                        m.d.sync += o_rd_lane.eq(o_rd_lane + 1)
+                with m.Elif(o_consume):
+                    m.d.sync += o_pending.eq(0)
+                with m.If(o_valid & self.o.ready):
+                    m.d.sync += o_sent.eq(o_sent + 1)
+                    with m.If(o_sent == p.outputs - 1):
+                        m.d.sync += state.eq(DONE)
             with m.Case(DONE):
                 m.d.sync += [state.eq(IDLE), steps.eq(steps + 1), first.eq(0), parity.eq(~parity),
                              step_cycles.eq(this_step + 1)]

@@ -99,6 +99,7 @@ class Lane(Elaboratable):
         self.out_en = Signal()
         self.out_value = Signal(signed(p.readout_bits))  # accumulator + bias
         self.out_clear = Signal()
+        self.out_clear_addr = Signal.like(self.out_addr)
         # -- clearing after reset
         self.clr_valid = Signal()
         self.clr_index = Signal(range(max(2, max(p.acc_depth, p.readout_local))))
@@ -121,7 +122,9 @@ class Lane(Elaboratable):
         wb, A, S = fmt.weight_bits, p.acc_bits, fmt.state_bits
 
         def memory(name, width, depth, init=(), signed_=False):
-            mem = Memory(shape=signed(width) if signed_ else unsigned(width), depth=max(1, depth),
+            # At least two rows: a one-row memory has a zero-bit address, which Verilog
+            # tools reject as a [-1:0] vector.
+            mem = Memory(shape=signed(width) if signed_ else unsigned(width), depth=max(2, depth),
                          init=list(init))
             m.submodules[name] = mem
             return mem
@@ -340,7 +343,7 @@ class Lane(Elaboratable):
         with m.If(self.clr_valid):
             m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.clr_index), ro_wr.data.eq(0)]
         with m.Elif(self.out_clear):
-            m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.out_addr), ro_wr.data.eq(0)]
+            m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.out_clear_addr), ro_wr.data.eq(0)]
         with m.Else():
             m.d.comb += [ro_wr.en.eq(a_valid & (a_sel == 4)), ro_wr.addr.eq(a_target), ro_wr.data.eq(a_sum)]
 

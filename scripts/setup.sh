@@ -4,15 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v iverilog >/dev/null 2>&1; then
-    echo "setup: installing Icarus Verilog (apt-get install iverilog)" >&2
+missing=""
+command -v iverilog >/dev/null 2>&1 || missing="$missing iverilog"
+command -v verilator >/dev/null 2>&1 || missing="$missing verilator"
+if [ -n "$missing" ]; then
+    echo "setup: installing$missing (apt-get)" >&2
     SUDO=""
     if [ "$(id -u)" != "0" ]; then
-        command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to apt-get install iverilog" >&2; exit 1; }
+        command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to apt-get install$missing" >&2; exit 1; }
         SUDO="sudo"
     fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iverilog >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"
@@ -24,11 +27,11 @@ PIP=".venv/bin/python -m pip"
 # torch first and pinned: an unpinned torch pulls several GB of CUDA packages.
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
     echo "setup: installing torch==2.13.0" >&2
-    $PIP install -q torch==2.13.0
+    $PIP install -q torch==2.13.0 2> >(grep -v "is ignored: it is neither" >&2)
 fi
 stamp=.venv/.egru-accel-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing egru-accel and its dependencies" >&2
-    $PIP install -q -e ".[test]"
+    $PIP install -q -e ".[test]" 2> >(grep -v "is ignored: it is neither" >&2)
     touch "$stamp"
 fi

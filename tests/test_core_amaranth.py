@@ -66,3 +66,37 @@ def test_threshold_ties_and_fine_rounding(seed):
     trace, _ = check(model, 2, x, stall=0.2, seed=seed)
     ties = sum(int((trace.candidate[l][0, 0] == model.layers[l].theta).sum()) for l in range(2))
     assert ties >= 3
+
+
+@pytest.mark.parametrize("mode, fine, lanes, sparsity, hidden", [
+    ("mixed", True, 2, 0.5, [7, 5]),
+    ("fire", True, 3, 0.0, [5]),
+    ("unreachable", False, 2, 0.9, [6]),
+    ("zero", False, 4, 0.99, [9, 4]),
+])
+def test_random_model_corners(mode, fine, lanes, sparsity, hidden):
+    from quantize.random_model import random_inputs, random_model
+    model = random_model(inputs=5, hidden=hidden, outputs=3, weight_sparsity=sparsity, lanes=None,
+                         seed=7, threshold_mode=mode, fine=fine)
+    x = random_inputs(model, steps=8, seed=3)[0]
+    trace, _ = check(model, lanes, x, stall=0.25, seed=5)
+    if mode == "unreachable":
+        assert not any(e.any() for e in trace.events)
+    if mode == "fire":
+        assert trace.events[0][1:].mean() > 0.8
+
+
+def test_dense_cycles_do_not_depend_on_data():
+    """The dense baseline does every MAC at every step (first step included), whatever the inputs."""
+    from quantize.random_model import random_inputs, random_model
+    model = random_model(inputs=4, hidden=[6, 5], outputs=3, weight_sparsity=0.7, seed=2)
+    params = CoreParams.from_model(model, lanes=2, dense=True)
+    runs = []
+    for seed in (0, 1):
+        x = random_inputs(model, steps=4, seed=seed)[0]
+        trace = golden.run(model, x[:, None, :])
+        rec = run_core(params, x)
+        assert not compare_run(trace, rec)
+        runs.append(rec.step_cycles)
+    assert runs[0] == runs[1]
+    assert len(set(runs[0])) == 1, "every step, the first included, costs the same"
