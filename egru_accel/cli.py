@@ -185,18 +185,34 @@ def cmd_random_model(args) -> int:
     return 0
 
 
-def _core_params(model, lanes: int, dense: bool = False):
+def _core_params(model, lanes: int, dense: bool = False, max_weight_depth: int | None = None):
     from hw.params import CoreParams
     try:
-        return CoreParams.from_model(model, lanes=lanes, dense=dense)
+        return CoreParams.from_model(model, lanes=lanes, dense=dense, max_weight_depth=max_weight_depth)
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
+
+
+def _check_match(params, path: str):
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read hardware summary {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"hardware summary {path} is not JSON: {e}") from None
+    diffs = params.mismatches(summary)
+    if diffs:
+        raise UserError(f"the model does not match the hardware of {path}:\n  " + "\n  ".join(diffs))
 
 
 def cmd_generate(args) -> int:
     from hw.generate import generate_verilog
     model = load_model(args.model)
-    params = _core_params(model, args.lanes, args.dense)   # every check before anything is written
+    # Every check before anything is written.
+    params = _core_params(model, args.lanes, args.dense, args.max_weight_depth)
+    if args.match:
+        _check_match(params, args.match)
     with output_directory(args.out) as tmp:
         summary = generate_verilog(params, tmp, debug=args.debug)
     if not args.quiet:
@@ -322,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lanes", type=_positive_int, required=True, metavar="P", help="parallel lanes")
     p.add_argument("--dense", action="store_true", help="the dense baseline (all weights, every neuron active)")
     p.add_argument("--debug", action="store_true", help="add the per-lane neuron-update debug ports")
+    p.add_argument("--max-weight-depth", type=_positive_int, default=None, metavar="N",
+                   help="fail if a lane needs more than N weight-memory words")
+    p.add_argument("--match", metavar="SUMMARY",
+                   help="fail unless the model fits the hardware described by this summary.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)

@@ -219,6 +219,31 @@ class CoreParams:
     def lane_neurons(self, l: int, p: int) -> np.ndarray:
         return lane_neurons(self.hidden[l], self.lanes, p)
 
+    def mismatches(self, summary: dict) -> list[str]:
+        """How this model differs from the hardware an earlier ``summary()`` describes: every
+        shape, format and per-layer constant must be equal, and every memory and width must
+        fit. An empty list: this model's images can be loaded into that hardware."""
+        other = summary
+        diffs = []
+        mine = self.summary()
+        for key in ("lanes", "dense", "inputs", "hidden", "outputs", "formats"):
+            if mine[key] != other.get(key):
+                diffs.append(f"{key}: the model has {mine[key]}, the hardware {other.get(key)}")
+        for l, (a, b) in enumerate(zip(mine["layers"], other.get("layers", []))):
+            for key in ("acc_frac", "input_align", "recurrent_align"):
+                if a[key] != b.get(key):
+                    diffs.append(f"layer{l} {key}: the model has {a[key]}, the hardware {b.get(key)} "
+                                 "(a hardware constant)")
+        for name, mem in mine["memories_per_lane"].items():
+            hw = other.get("memories_per_lane", {}).get(name)
+            if hw is None:
+                continue
+            if mem["depth"] > hw["depth"]:
+                diffs.append(f"memory {name}: the model needs {mem['depth']} words per lane, the hardware has {hw['depth']}")
+            if mem["width"] != hw["width"]:
+                diffs.append(f"memory {name}: the model needs {mem['width']}-bit words, the hardware has {hw['width']}")
+        return diffs
+
     def summary(self) -> dict:
         """JSON-ready description: memories (depth, width, bits) and datapath widths."""
         P = self.lanes

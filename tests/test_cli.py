@@ -128,3 +128,56 @@ def test_too_many_lanes_for_imported_layer(tmp_path, capsys):
     torch.save(evnn_state_dict(I=8, H=6), tmp_path / "layer.pt")
     code, _, err = run(["train", "--out", str(tmp_path / "o"), "--init-evnn", str(tmp_path / "layer.pt")], capsys)
     assert code == 2 and "8 lanes is more than the layer's 6 neurons" in err
+
+
+@pytest.fixture(scope="module")
+def random_model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rm") / "m.npz"
+    assert main(["random-model", "--inputs", "5", "--hidden", "12", "--layers", "2", "--weight-sparsity", "0.8",
+                 "--out", str(path), "--quiet"]) == 0
+    return path
+
+
+def test_generate_writes_verilog_and_summary(random_model_file, tmp_path, capsys):
+    code, out, err = run(["generate", "--model", str(random_model_file), "--lanes", "3", "--out",
+                          str(tmp_path / "g")], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert summary["lanes"] == 3 and summary["hidden"] == [12, 12]
+    assert "module egru_core" in (tmp_path / "g" / "egru_core.v").read_text()
+    assert "/tmp" not in (tmp_path / "g" / "egru_core.v").read_text(), "no absolute paths in the Verilog"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lanes", "13"], "13 lanes is more than layer0's 12 neurons"),
+    (["--lanes", "2", "--max-weight-depth", "10"], "weight entries but the weight memory holds 10"),
+])
+def test_generate_errors_before_writing(random_model_file, tmp_path, capsys, extra, message):
+    code, _, err = run(["generate", "--model", str(random_model_file), "--out", str(tmp_path / "g")] + extra, capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_generate_match_checks_the_hardware(random_model_file, tmp_path, capsys):
+    assert run(["generate", "--model", str(random_model_file), "--lanes", "2", "--out", str(tmp_path / "hw")],
+               capsys)[0] == 0
+    # The same model fits its own hardware; a model of other shapes does not.
+    code, _, err = run(["generate", "--model", str(random_model_file), "--lanes", "2", "--match",
+                        str(tmp_path / "hw" / "summary.json"), "--out", str(tmp_path / "again")], capsys)
+    assert code == 0, err
+    assert main(["random-model", "--inputs", "5", "--hidden", "10", "--layers", "2", "--out",
+                 str(tmp_path / "other.npz"), "--quiet"]) == 0
+    code, _, err = run(["generate", "--model", str(tmp_path / "other.npz"), "--lanes", "2", "--match",
+                        str(tmp_path / "hw" / "summary.json"), "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2
+    assert "hidden: the model has [10, 10], the hardware [12, 12]" in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_random_model_errors(tmp_path, capsys):
+    code, _, err = run(["random-model", "--inputs", "3", "--hidden", "4", "--lanes", "5", "--out",
+                        str(tmp_path / "m.npz")], capsys)
+    assert code == 2 and "5 lanes is more than the layer's 4 neurons" in err
+    code, _, err = run(["random-model", "--inputs", "3", "--hidden", "4", "--weight-sparsity", "1.5", "--out",
+                        str(tmp_path / "m.npz")], capsys)
+    assert code == 2 and "sparsity must be in [0, 1)" in err
