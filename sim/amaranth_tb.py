@@ -15,7 +15,7 @@ from hw.params import CoreParams
 
 from .compare import CoreRecord
 
-__all__ = ["run_core"]
+__all__ = ["run_core", "image_writes"]
 
 
 def _pauses(rng, probability):
@@ -23,9 +23,23 @@ def _pauses(rng, probability):
         yield bool(rng is not None and rng.random() < probability)
 
 
+def image_writes(params: CoreParams) -> list[tuple[int, int, int, int]]:
+    """``(mem, lane, addr, word)`` writes that load ``params``' memory images through ``cfg``."""
+    from hw.params import MEM_CONSTS, MEM_READOUT_BIAS, MEM_ROW_PTR, MEM_WEIGHTS
+    writes = []
+    for p in range(params.lanes):
+        for mem, words in ((MEM_WEIGHTS, params.weights[p]), (MEM_ROW_PTR, params.row_ptr[p]),
+                           (MEM_CONSTS, params.consts[p]), (MEM_READOUT_BIAS, params.readout_bias[p])):
+            writes.extend((mem, p, a, w) for a, w in enumerate(words))
+    return writes
+
+
 def run_core(params: CoreParams, x: np.ndarray, *, stall_probability: float = 0.0, seed: int = 0,
-             max_cycles: int | None = None, vcd: str | None = None) -> CoreRecord:
-    """Simulate one sequence ``x`` [T, I] (layer-0 integers) and return what the core did."""
+             max_cycles: int | None = None, vcd: str | None = None,
+             writes: list[tuple[int, int, int, int]] = ()) -> CoreRecord:
+    """Simulate one sequence ``x`` [T, I] (layer-0 integers) and return what the core did.
+
+    ``writes`` (``(mem, lane, addr, word)``) go through the ``cfg`` port first, once the core is idle."""
     x = np.asarray(x, dtype=np.int64)
     if x.ndim != 2 or x.shape[1] != params.input_size:
         raise ValueError(f"expected inputs [T, {params.input_size}], got {list(x.shape)}")
@@ -38,6 +52,16 @@ def run_core(params: CoreParams, x: np.ndarray, *, stall_probability: float = 0.
     done = []
 
     async def source(ctx):
+        if writes:
+            await ctx.tick().until(~dut.status.busy)
+            for mem, lane, addr, word in writes:
+                ctx.set(dut.cfg.valid, 1)
+                ctx.set(dut.cfg.mem, mem)
+                ctx.set(dut.cfg.lane, lane)
+                ctx.set(dut.cfg.addr, addr)
+                ctx.set(dut.cfg.data, word)
+                await ctx.tick()
+            ctx.set(dut.cfg.valid, 0)
         for t in range(T):
             for j in range(I):
                 while next(src_pause):
@@ -79,7 +103,7 @@ def run_core(params: CoreParams, x: np.ndarray, *, stall_probability: float = 0.
     sim.add_testbench(source, background=True)
     sim.add_testbench(sink)
     sim.add_process(monitor)
-    limit = max_cycles or 200 + T * (50 + 4 * (params.weight_depth + params.rows + params.acc_depth + O + I))
+    limit = max_cycles or 200 + len(writes) + T * (50 + 4 * (params.weight_depth + params.rows + params.acc_depth + O + I))
     if vcd:
         with sim.write_vcd(vcd):
             sim.run_until(limit * 1e-8)
