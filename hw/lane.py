@@ -129,25 +129,20 @@ class Lane(Elaboratable):
             m.submodules[name] = mem
             return mem
 
-        def cfg_port(mem, mem_id, name):
+        def loadable(name, mem_id, init):
+            """A memory that starts from the image and takes run-time writes from ``cfg``;
+            returns its read port."""
+            mem = memory(name, p.mem_word_bits(mem_id), p.mem_depth(mem_id), init)
             wr = mem.write_port()
             m.d.comb += [wr.addr.eq(self.cfg_addr), wr.data.eq(self.cfg_data),
                          wr.en.eq(self.cfg_we & (self.cfg_mem == mem_id))]
-            return wr
+            return mem.read_port()
 
         # -- memories ------------------------------------------------------------------------
-        w_mem = memory("weights", p.weight_word_bits, p.weight_depth, p.weights[lane])
-        cfg_port(w_mem, MEM_WEIGHTS, "weights")
-        w_rd = w_mem.read_port()
-        ptr_mem = memory("row_ptr", p.row_ptr_word_bits, p.rows, p.row_ptr[lane])
-        cfg_port(ptr_mem, MEM_ROW_PTR, "row_ptr")
-        ptr_rd = ptr_mem.read_port()
-        const_mem = memory("consts", p.const_word_bits, p.const_depth, p.consts[lane])
-        cfg_port(const_mem, MEM_CONSTS, "consts")
-        const_rd = const_mem.read_port()
-        rob_mem = memory("readout_bias", p.readout_bits, p.readout_local, p.readout_bias[lane])
-        cfg_port(rob_mem, MEM_READOUT_BIAS, "readout_bias")
-        rob_rd = rob_mem.read_port()
+        w_rd = loadable("weights", MEM_WEIGHTS, p.weights[lane])
+        ptr_rd = loadable("row_ptr", MEM_ROW_PTR, p.row_ptr[lane])
+        const_rd = loadable("consts", MEM_CONSTS, p.consts[lane])
+        rob_rd = loadable("readout_bias", MEM_READOUT_BIAS, p.readout_bias[lane])
         state_mem = memory("state", S, p.const_depth, signed_=True)
         state_wr = state_mem.write_port()
         state_rd = state_mem.read_port()

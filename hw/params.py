@@ -26,7 +26,7 @@ import numpy as np
 
 from quantize import formats as F
 from quantize.formats import NumberFormats
-from quantize.lanes import check_lanes, lane_neurons, lane_size
+from quantize.lanes import lane_neurons, lane_size
 from quantize.model import QuantModel
 from quantize.packer import PackedModel, pack, unpack
 
@@ -121,12 +121,7 @@ class CoreParams:
         Raises ``ValueError`` (before anything is generated) when the lanes do not fit the
         layers or an image exceeds ``max_weight_depth`` entries.
         """
-        if not isinstance(model, QuantModel):
-            raise TypeError(f"expected a QuantModel, not {type(model).__name__}")
-        lanes = check_lanes(lanes)
-        for l, H in enumerate(model.hidden_sizes):
-            if lanes > H:
-                raise ValueError(f"{lanes} lanes is more than layer{l}'s {H} neurons")
+        # pack() checks the model and the lanes against every layer.
         return cls.from_packed(pack(model, lanes, dense=dense), max_weight_depth=max_weight_depth)
 
     @classmethod
