@@ -39,7 +39,8 @@ def lane_neurons(hidden_size: int, lanes: int, lane: int) -> np.ndarray:
     return np.arange(lane, hidden_size, lanes)
 
 
-def lane_columns(hidden_size: int, lanes: int, lane: int) -> np.ndarray:
-    """Columns of a [*, 3H] matrix that target ``lane``'s neurons (all three gates)."""
-    n = lane_neurons(hidden_size, lanes, lane)
-    return np.concatenate([n + k * hidden_size for k in range(3)])
+def lane_columns(targets: int, lanes: int, lane: int, gates: int = 3) -> np.ndarray:
+    """Columns of a [*, gates * targets] matrix that target ``lane``'s neurons (every gate):
+    a layer's kernels have 3 gates, the readout 1."""
+    n = lane_neurons(targets, lanes, lane)
+    return np.concatenate([n + k * targets for k in range(gates)])

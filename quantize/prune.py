@@ -35,8 +35,8 @@ def _top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def magnitude_mask(w: torch.Tensor, sparsity: float, *, lanes: int | None = None) -> torch.Tensor:
-    """Keep the largest-magnitude weights of ``w`` [rows, 3H] at the given sparsity.
+def magnitude_mask(w: torch.Tensor, sparsity: float, *, lanes: int | None = None, gates: int = 3) -> torch.Tensor:
+    """Keep the largest-magnitude weights of ``w`` [rows, gates * H] at the given sparsity.
 
     With ``lanes``, every row keeps the same number of weights in each lane's columns
     (:func:`quantize.lanes.lane_columns`), so no lane waits for another on any event.
@@ -46,10 +46,10 @@ def magnitude_mask(w: torch.Tensor, sparsity: float, *, lanes: int | None = None
     if lanes is None:
         k = int(round((1.0 - sparsity) * mag.numel()))
         return _top_k_mask(mag.reshape(-1), k).reshape(w.shape).to(w.dtype)
-    H = w.shape[1] // 3
+    H = w.shape[1] // gates
     lanes = check_lanes(lanes, H)
     rows = mag.shape[0]
-    depth = 3 * lane_size(H, lanes, 0)  # the largest lane's share of a row
+    depth = gates * lane_size(H, lanes, 0)  # the largest lane's share of a row
     # sorted[p, j, k]: k-th largest magnitude of lane p in row j (zero-padded), with the
     # column it came from. Giving row j one more weight in every lane is worth
     # value[j, k] = sum_p sorted[p, j, k]; value is non-increasing in k, so taking the
@@ -58,12 +58,12 @@ def magnitude_mask(w: torch.Tensor, sparsity: float, *, lanes: int | None = None
     sorted_mag = torch.zeros(lanes, rows, depth)
     sorted_col = torch.full((lanes, rows, depth), -1, dtype=torch.long)
     for p in range(lanes):
-        cols = torch.as_tensor(lane_columns(H, lanes, p))
+        cols = torch.as_tensor(lane_columns(H, lanes, p, gates))
         m = mag[:, cols]
         order = torch.sort(-m, dim=1, stable=True).indices
         sorted_mag[p, :, :len(cols)] = torch.gather(m, 1, order)
         sorted_col[p, :, :len(cols)] = cols[order]
-    smallest = 3 * lane_size(H, lanes, lanes - 1)
+    smallest = gates * lane_size(H, lanes, lanes - 1)
     value = sorted_mag.sum(dim=0)[:, :smallest]  # a row can hold no more than the smallest lane
     budget = int(math.floor((1.0 - sparsity) * mag.numel() / lanes + 1e-9))
     take = _top_k_mask(value.reshape(-1), min(budget, value.numel())).reshape(value.shape)
@@ -116,7 +116,10 @@ def apply_masks(net: EGRUNet, sparsity: float, *, lanes: int | None = None, read
     and zero the pruned weights."""
     with torch.no_grad():
         if readout_sparsity:
-            mask = magnitude_mask(net.masked_readout(), readout_sparsity)
+            # Balanced over the lanes that own outputs (all of them unless O < P).
+            outputs = net.readout_weight.shape[1]
+            mask = magnitude_mask(net.masked_readout(), readout_sparsity, gates=1,
+                                  lanes=min(lanes, outputs) if lanes else None)
             net.readout_mask.copy_(mask)
             net.readout_weight.mul_(mask)
         for layer in net.layers:

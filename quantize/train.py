@@ -46,7 +46,7 @@ class TrainConfig:
     activity_reg: float = 0.5
     dense_activity_reg: float = 0.0
     distill: float = 1.0
-    readout_sparsity: float = 0.0
+    readout_sparsity: float = 0.2
     thr_mean: float = 0.3
 
     def validate(self):

@@ -64,3 +64,11 @@ def test_masks_hold_during_training():
     for layer, z in zip(net.layers, zero_before):
         assert torch.all(layer.kernel[z] == 0)
         assert float((layer.kernel == 0).float().mean()) >= 0.8
+
+
+def test_balanced_readout_mask():
+    """10 outputs on 8 lanes: at 20% sparsity every row keeps exactly one weight per lane."""
+    w = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
+    mask = magnitude_mask(w, 0.2, lanes=8, gates=1)
+    for j in range(16):
+        assert [int(mask[j, lane_columns(10, 8, p, 1)].sum()) for p in range(8)] == [1] * 8
