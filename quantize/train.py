@@ -43,7 +43,7 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 32
     lr: float = 3e-3
-    activity_reg: float = 0.5
+    activity_reg: float = 0.4
     dense_activity_reg: float = 0.0
     distill: float = 1.0
     readout_sparsity: float = 0.2
@@ -112,6 +112,17 @@ def train(cfg: TrainConfig, *, progress: bool = True, init_layers: list | None =
     """
     cfg.validate()
     t_start = time.monotonic()
+    # One thread and deterministic kernels: the same command gives the same model (parallel
+    # reductions would sum in a load-dependent order and training would drift apart).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(cfg, progress, init_layers, t_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, progress: bool, init_layers, t_start: float) -> tuple[QuantModel, dict]:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     task = load_task(cfg.task)
