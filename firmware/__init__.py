@@ -1,1 +1,1 @@
-"""firmware: see README.md."""
+"""firmware: the model image format and the host-side driver."""
