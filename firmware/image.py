@@ -44,7 +44,13 @@ _FORMAT_FIELDS = [f.name for f in dataclasses.fields(NumberFormats)]
 
 
 class ImageError(ValueError):
-    """A model image that is malformed, corrupted, or not for this hardware."""
+    """A model image that is malformed, corrupted, or not for this hardware.
+
+    ``kind``: ``"truncated"``, ``"magic"``, ``"version"``, ``"crc"``, ``"section"`` or ``"header"``."""
+
+    def __init__(self, message: str, kind: str = "header"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -77,12 +83,10 @@ class ModelImage:
 
 
 def hardware_signature(params) -> int:
-    """CRC32 of what a bitstream fixes: shapes, lanes, formats, word widths and the per-layer
-    constants (memory depths are checked section by section instead, so a smaller model
-    fits). Two models with equal signatures can share a bitstream."""
-    s = params.summary()
-    keep = {k: s[k] for k in ("lanes", "dense", "inputs", "hidden", "outputs", "formats", "widths", "layers")}
-    blob = json.dumps(keep, sort_keys=True).encode()
+    """CRC32 of :meth:`hw.params.CoreParams.fixed`: shapes, lanes, formats, per-layer
+    constants and word widths (memory depths are checked section by section instead, so a
+    smaller model fits). Two models with equal signatures can share a bitstream."""
+    blob = json.dumps(params.fixed(), sort_keys=True).encode()
     return zlib.crc32(hashlib.sha256(blob).digest())
 
 
@@ -113,19 +117,19 @@ def build_image(params) -> bytes:
 def parse_image(blob: bytes) -> ModelImage:
     """Read and check an image; :class:`ImageError` says what is wrong."""
     if not isinstance(blob, (bytes, bytearray)):
-        raise ImageError(f"an image is bytes, not {type(blob).__name__}")
+        raise ImageError(f"an image is bytes, not {type(blob).__name__}", "header")
     blob = bytes(blob)
     if len(blob) < _FIXED.size + 4:
-        raise ImageError(f"image is truncated: {len(blob)} bytes")
+        raise ImageError(f"image is truncated: {len(blob)} bytes", "truncated")
     magic, version, header_len, signature, lanes, layers, inputs, outputs = _FIXED.unpack_from(blob)
     if magic != MAGIC:
-        raise ImageError(f"not a model image (magic {magic!r}, expected {MAGIC!r})")
+        raise ImageError(f"not a model image (magic {magic!r}, expected {MAGIC!r})", "magic")
     if version != VERSION:
-        raise ImageError(f"image format version {version} is not supported (expected {VERSION})")
+        raise ImageError(f"image format version {version} is not supported (expected {VERSION})", "version")
     body, (crc,) = blob[:-4], struct.unpack("<I", blob[-4:])
     if zlib.crc32(body) != crc:
         raise ImageError(f"image CRC32 mismatch (stored {crc:08x}, computed {zlib.crc32(body):08x}): "
-                         "the image is corrupted or truncated")
+                         "the image is corrupted or truncated", "crc")
     pos = _FIXED.size
     try:
         hidden = struct.unpack_from(f"<{layers}H", blob, pos)
@@ -140,12 +144,12 @@ def parse_image(blob: bytes) -> ModelImage:
             pos += _SECTION.size
             nbytes = (word_bits + 7) // 8
             if offset + n * nbytes > len(body) or offset < header_len:
-                raise ImageError(f"section (memory {mem}, lane {lane}) lies outside the image")
+                raise ImageError(f"section (memory {mem}, lane {lane}) lies outside the image", "section")
             words = tuple(int.from_bytes(blob[offset + k * nbytes:offset + (k + 1) * nbytes], "little")
                           for k in range(n))
             sections.append(Section(mem, lane, word_bits, words))
     except struct.error:
-        raise ImageError("image header is truncated") from None
+        raise ImageError("image header is truncated", "truncated") from None
     if pos != header_len:
         raise ImageError(f"image header length is {header_len} but its fields take {pos} bytes")
     try:

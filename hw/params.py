@@ -214,29 +214,41 @@ class CoreParams:
     def lane_neurons(self, l: int, p: int) -> np.ndarray:
         return lane_neurons(self.hidden[l], self.lanes, p)
 
+    def fixed(self) -> dict:
+        """What a bitstream fixes and a model image must equal: shapes, lanes, formats, the
+        per-layer constants and every memory's word width (the word layouts depend on them)."""
+        s = self.summary()
+        out = {k: s[k] for k in ("lanes", "dense", "inputs", "hidden", "outputs", "formats", "layers")}
+        out["word_widths"] = {k: v["width"] for k, v in s["memories_per_lane"].items()}
+        return out
+
     def mismatches(self, summary: dict) -> list[str]:
         """How this model differs from the hardware an earlier ``summary()`` describes: every
-        shape, format and per-layer constant must be equal, and every memory and width must
-        fit. An empty list: this model's images can be loaded into that hardware."""
-        other = summary
+        item of :meth:`fixed` must be equal, and every memory and the pre-activation width
+        must fit. An empty list: this model's images can be loaded into that hardware."""
         diffs = []
         mine = self.summary()
+        fixed = self.fixed()
         for key in ("lanes", "dense", "inputs", "hidden", "outputs", "formats"):
-            if mine[key] != other.get(key):
-                diffs.append(f"{key}: the model has {mine[key]}, the hardware {other.get(key)}")
-        for l, (a, b) in enumerate(zip(mine["layers"], other.get("layers", []))):
-            for key in ("acc_frac", "input_align", "recurrent_align"):
-                if a[key] != b.get(key):
-                    diffs.append(f"layer{l} {key}: the model has {a[key]}, the hardware {b.get(key)} "
+            if fixed[key] != summary.get(key):
+                diffs.append(f"{key}: the model has {fixed[key]}, the hardware {summary.get(key)}")
+        for l, (a, b) in enumerate(zip(fixed["layers"], summary.get("layers", []))):
+            for key, value in a.items():
+                if value != b.get(key):
+                    diffs.append(f"layer{l} {key}: the model has {value}, the hardware {b.get(key)} "
                                  "(a hardware constant)")
         for name, mem in mine["memories_per_lane"].items():
-            hw = other.get("memories_per_lane", {}).get(name)
+            hw = summary.get("memories_per_lane", {}).get(name)
             if hw is None:
+                diffs.append(f"memory {name}: the hardware has none")
                 continue
             if mem["depth"] > hw["depth"]:
                 diffs.append(f"memory {name}: the model needs {mem['depth']} words per lane, the hardware has {hw['depth']}")
             if mem["width"] != hw["width"]:
                 diffs.append(f"memory {name}: the model needs {mem['width']}-bit words, the hardware has {hw['width']}")
+        need, have = mine["widths"]["pre_activation"], summary.get("widths", {}).get("pre_activation", 0)
+        if need > have:
+            diffs.append(f"pre-activation: the model needs {need} bits, the hardware has {have}")
         return diffs
 
     def summary(self) -> dict:

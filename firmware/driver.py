@@ -1,0 +1,147 @@
+"""Host driver for a board running egru-accel: load model images, stream inputs, read status.
+
+The driver speaks the protocol of :mod:`firmware.protocol` over a *transport*: anything
+with ``write(bytes)`` and ``read(n, timeout) -> bytes``. :class:`SerialTransport` is a real
+serial port (pyserial); :class:`DeviceTransport` talks to an in-process device model (the
+reference device, or a simulated design), so the same driver runs against hardware,
+simulation and the golden model.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Protocol
+
+import numpy as np
+
+from .protocol import (LOAD_CHECK, LOAD_WRITE, RESPONSE_SOF, Command, FrameDecoder, ProtocolError, Status,
+                       encode_request)
+from .reference import INFO_FORMAT
+
+__all__ = ["Transport", "SerialTransport", "DeviceTransport", "EGRUDevice", "DeviceError"]
+
+
+class DeviceError(Exception):
+    """The device cannot be reached (no port, no answer)."""
+
+
+class Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def read(self, n: int, timeout: float) -> bytes: ...
+
+
+class SerialTransport:
+    """A serial port, e.g. ``/dev/ttyUSB1`` at 115200 baud."""
+
+    def __init__(self, port: str, *, baudrate: int = 115200):
+        try:
+            import serial
+        except ImportError:
+            raise DeviceError("pyserial is not installed (pip install pyserial)") from None
+        try:
+            self.serial = serial.Serial(port, baudrate=baudrate, timeout=0.05)
+        except (serial.SerialException, OSError) as e:
+            raise DeviceError(f"cannot open serial port {port}: {e}") from None
+
+    def write(self, data: bytes) -> None:
+        self.serial.write(data)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        self.serial.timeout = timeout
+        return self.serial.read(n)
+
+    def close(self):
+        self.serial.close()
+
+
+class DeviceTransport:
+    """An in-process device with ``receive(bytes) -> bytes`` (e.g. the reference device)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.pending += self.device.receive(bytes(data))
+
+    def read(self, n: int, timeout: float) -> bytes:
+        out = bytes(self.pending[:n])
+        del self.pending[:n]
+        return out
+
+
+class EGRUDevice:
+    """A board (or a model of one) behind a transport."""
+
+    def __init__(self, transport: Transport, *, timeout: float = 2.0, chunk: int = 1024):
+        self.transport = transport
+        self.timeout = timeout
+        self.chunk = chunk
+        self.decoder = FrameDecoder(RESPONSE_SOF)
+        self._info = None
+
+    def request(self, command: Command, payload: bytes = b"") -> bytes:
+        """Send one request; return the response payload or raise :class:`ProtocolError`."""
+        self.transport.write(encode_request(command, payload))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            data = self.transport.read(4096, max(0.0, deadline - time.monotonic()))
+            frames = self.decoder.feed(data)
+            if frames:
+                frame = frames[0]
+                if not frame.crc_ok:
+                    raise ProtocolError(f"{command.name}: the response's CRC16 does not match")
+                status = Status(frame.code) if frame.code in Status._value2member_map_ else None
+                if status != Status.OK:
+                    name = status.name if status is not None else f"0x{frame.code:02x}"
+                    raise ProtocolError(f"{command.name} failed: {name}", status)
+                return frame.payload
+            if time.monotonic() >= deadline:
+                raise DeviceError(f"no answer to {command.name} within {self.timeout} s")
+
+    def info(self) -> dict:
+        values = INFO_FORMAT.unpack(self.request(Command.INFO))
+        keys = ("signature", "image_version", "lanes", "layers", "inputs", "outputs", "input_bits",
+                "readout_bits", "weights_depth", "row_ptr_depth", "consts_depth", "readout_bias_depth")
+        self._info = dict(zip(keys, values))
+        return self._info
+
+    def status(self) -> dict:
+        busy, model_ok, last_error, steps = struct.unpack("<BBBI", self.request(Command.STATUS))
+        return {"busy": bool(busy), "model_loaded": bool(model_ok), "last_error": Status(last_error).name,
+                "steps": steps}
+
+    def start(self) -> None:
+        """Begin a new sequence: recurrent state back to zero."""
+        self.request(Command.START)
+
+    def load(self, image: bytes, *, progress=None) -> None:
+        """Load a model image: a check pass (nothing written), then the write pass.
+
+        A rejected image raises :class:`ProtocolError` (status ``IMAGE_*``) after the check
+        pass, and the model already on the device keeps running.
+        """
+        for mode in (LOAD_CHECK, LOAD_WRITE):
+            self.request(Command.LOAD_BEGIN, struct.pack("<BI", mode, len(image)))
+            for k in range(0, len(image), self.chunk):
+                self.request(Command.LOAD_DATA, image[k:k + self.chunk])
+                if progress:
+                    progress(mode, min(len(image), k + self.chunk), len(image))
+            self.request(Command.LOAD_END)
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Steps of layer-0 integer inputs [k, I] -> readout values [k, O] (int64)."""
+        info = self._info or self.info()
+        x = np.asarray(inputs, dtype=np.int64)
+        if x.ndim != 2 or x.shape[1] != info["inputs"]:
+            raise ValueError(f"expected inputs [k, {info['inputs']}], got {list(x.shape)}")
+        nb = (info["input_bits"] + 7) // 8
+        steps_per_frame = max(1, min(len(x), 4096 // (4 * info["outputs"]), 4096 // (nb * info["inputs"])))
+        out = []
+        for k in range(0, len(x), steps_per_frame):
+            part = x[k:k + steps_per_frame]
+            payload = b"".join(int(v).to_bytes(nb, "little", signed=True) for v in part.ravel())
+            reply = self.request(Command.RUN, payload)
+            out.append(np.array(struct.unpack(f"<{len(reply) // 4}i", reply), dtype=np.int64).reshape(len(part), -1))
+        return np.concatenate(out)
