@@ -18,7 +18,17 @@ def check_divisor(divisor) -> int:
     return divisor
 
 
-class UARTRx(wiring.Component):
+class _UARTComponent(wiring.Component):
+    def __init__(self, *, divisor: int):
+        try:
+            self.divisor = check_divisor(divisor)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
+            raise
+        super().__init__()
+
+
+class UARTRx(_UARTComponent):
     """Receives 8N1 frames on ``rx`` (idle high) and emits each byte on ``o``.
 
     The line is sampled in the middle of each bit. A byte whose stop bit is low is
@@ -30,13 +40,6 @@ class UARTRx(wiring.Component):
     framing_errors: Out(16)
     overruns: Out(16)
 
-    def __init__(self, *, divisor: int):
-        try:
-            self.divisor = check_divisor(divisor)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()
@@ -80,18 +83,11 @@ class UARTRx(wiring.Component):
         return m
 
 
-class UARTTx(wiring.Component):
+class UARTTx(_UARTComponent):
     """Sends each byte taken from ``i`` as an 8N1 frame on ``tx`` (idle high)."""
     i: In(stream.Signature(8))
     tx: Out(1, init=1)
 
-    def __init__(self, *, divisor: int):
-        try:
-            self.divisor = check_divisor(divisor)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()

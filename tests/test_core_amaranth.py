@@ -106,15 +106,8 @@ def test_run_time_loading_through_cfg():
     """A core generated for model A computes model B after B's images are written through cfg."""
     from quantize.random_model import random_inputs, random_model
     from sim.amaranth_tb import image_writes
-    a = random_model(inputs=4, hidden=[6, 5], outputs=3, weight_sparsity=0.6, seed=1)
-    params_a = CoreParams.from_model(a, lanes=2)
-    for seed in range(2, 400):  # widths come from each model's bounds: few random pairs share them
-        b = random_model(inputs=4, hidden=[6, 5], outputs=3, weight_sparsity=0.6, seed=seed)
-        params_b = CoreParams.from_model(b, lanes=2)
-        if not params_b.mismatches(params_a.summary()):
-            break
-    else:
-        pytest.fail("no compatible second model found")
+    from test_driver import compatible_pair
+    a, params_a, b, params_b = compatible_pair()
     x = random_inputs(b, steps=5, seed=4)[0]
     trace_b = golden.run(b, x[:, None, :])
     assert not np.array_equal(trace_b.logits, golden.run(a, x[:, None, :]).logits)
