@@ -16,9 +16,11 @@ Lane ``p`` owns neurons ``n = i * P + p`` (local index ``i``) of every layer and
 
     u0: read accumulators z, r, ag, hg, the neuron's constants and cell state
     u1: add the start values (biases); sigmoid table reads for z and r; clear the accumulators
-    u2: pre_g = ag + round(r * hg); tanh table read
+    u2: r * hg (registered)
+    u2b: pre_g = ag + round(r * hg); tanh table read
     u3: c~ = g' + round(z * (c - g'))   (= round(z c + (1 - z) g'), one multiplier); saturate
     u4: threshold test, reset by subtraction, state write, event write into the event buffer
+    (u0 .. u4 plus u2b: five cycles from issue to write)
 
 All arithmetic follows :mod:`quantize.golden` bit for bit.
 """
@@ -36,7 +38,7 @@ from .params import (CoreParams, KIND_INPUT, KIND_READOUT, MEM_CONSTS, MEM_READO
 __all__ = ["Lane", "UPDATE_LATENCY", "ACCUMULATE_LATENCY"]
 
 #: Cycles from an update issue (u0) to its state/event write (u4), and from a weight issue to its write.
-UPDATE_LATENCY = 4
+UPDATE_LATENCY = 5
 ACCUMULATE_LATENCY = 2
 
 ACC_Z, ACC_R, ACC_AG, ACC_HG = 0, 1, 2, 3
@@ -271,24 +273,33 @@ class Lane(Elaboratable):
                      u2_ag.eq(u1_pre[ACC_AG]), u2_hg.eq(u1_pre[ACC_HG]), u2_theta.eq(u1_theta), u2_c.eq(u1_c)]
         fs = fmt.sigmoid_frac
         u2_z, u2_r = sig_rd[0].data, sig_rd[1].data
-        u2_rh = Signal(signed(p.pre_bits + fs + 2))
-        m.d.comb += u2_rh.eq((u2_r * u2_hg + (1 << (fs - 1))) >> fs)
-        u2_pre_g = Signal(signed(p.pre_bits + 1))
-        m.d.comb += u2_pre_g.eq(u2_ag + u2_rh)
+        # u2 only multiplies (table output -> r * hg -> register); the rounding, the add and
+        # the tanh index follow in u2b, which keeps both stages short.
+        u2b_valid, u2b_index, u2b_layer = Signal(), Signal.like(u2_index), Signal.like(u2_layer)
+        u2b_region, u2b_state_addr = Signal.like(u2_region), Signal.like(u2_state_addr)
+        u2b_ag, u2b_rhg = Signal(signed(p.pre_bits)), Signal(signed(p.pre_bits + fs + 2))
+        u2b_z, u2b_theta, u2b_c = Signal(fs + 1), Signal(S), Signal(signed(S))
+        m.d.sync += [u2b_valid.eq(u2_valid), u2b_index.eq(u2_index), u2b_layer.eq(u2_layer),
+                     u2b_region.eq(u2_region), u2b_state_addr.eq(u2_state_addr), u2b_ag.eq(u2_ag),
+                     u2b_rhg.eq(u2_r * u2_hg), u2b_z.eq(u2_z), u2b_theta.eq(u2_theta), u2b_c.eq(u2_c)]
+        u2b_rh = Signal(signed(p.pre_bits + 2))
+        m.d.comb += u2b_rh.eq((u2b_rhg + (1 << (fs - 1))) >> fs)
+        u2b_pre_g = Signal(signed(p.pre_bits + 1))
+        m.d.comb += u2b_pre_g.eq(u2b_ag + u2b_rh)
         idx_g = Signal(fmt.tanh_lut_bits)
-        with m.Switch(u2_layer):
+        with m.Switch(u2b_layer):
             for l in range(p.layers):
                 with m.Case(l):
                     shift = p.acc_frac[l] - fmt.tanh_lut_frac
-                    m.d.comb += idx_g.eq(_lut_index(m, u2_pre_g, shift, fmt.tanh_lut_bits, f"g{l}"))
+                    m.d.comb += idx_g.eq(_lut_index(m, u2b_pre_g, shift, fmt.tanh_lut_bits, f"g{l}"))
         m.d.comb += tanh_rd.addr.eq(idx_g)
 
-        u3_valid, u3_index, u3_layer = Signal(), Signal.like(u2_index), Signal.like(u2_layer)
-        u3_region, u3_state_addr = Signal.like(u2_region), Signal.like(u2_state_addr)
+        u3_valid, u3_index, u3_layer = Signal(), Signal.like(u2b_index), Signal.like(u2b_layer)
+        u3_region, u3_state_addr = Signal.like(u2b_region), Signal.like(u2b_state_addr)
         u3_z, u3_theta, u3_c = Signal(fs + 1), Signal(S), Signal(signed(S))
-        m.d.sync += [u3_valid.eq(u2_valid), u3_index.eq(u2_index), u3_layer.eq(u2_layer),
-                     u3_region.eq(u2_region), u3_state_addr.eq(u2_state_addr),
-                     u3_z.eq(u2_z), u3_theta.eq(u2_theta), u3_c.eq(u2_c)]
+        m.d.sync += [u3_valid.eq(u2b_valid), u3_index.eq(u2b_index), u3_layer.eq(u2b_layer),
+                     u3_region.eq(u2b_region), u3_state_addr.eq(u2b_state_addr),
+                     u3_z.eq(u2b_z), u3_theta.eq(u2b_theta), u3_c.eq(u2b_c)]
         u3_g = Signal(signed(S + 1))
         m.d.comb += u3_g.eq(tanh_rd.data << fmt.g_align)
         u3_prod = Signal(signed(fs + 1 + S + 3))
