@@ -18,9 +18,10 @@ Lane ``p`` owns neurons ``n = i * P + p`` (local index ``i``) of every layer and
     u1: add the start values (biases); sigmoid table reads for z and r; clear the accumulators
     u2: r * hg (registered)
     u2b: pre_g = ag + round(r * hg); tanh table read
-    u3: c~ = g' + round(z * (c - g'))   (= round(z c + (1 - z) g'), one multiplier); saturate
+    u3: c - g' (registered)
+    u3b: c~ = g' + round(z * (c - g'))   (= round(z c + (1 - z) g'), one multiplier); saturate
     u4: threshold test, reset by subtraction, state write, event write into the event buffer
-    (u0 .. u4 plus u2b: five cycles from issue to write)
+    (u0 .. u4 plus u2b and u3b: six cycles from issue to write)
 
 All arithmetic follows :mod:`quantize.golden` bit for bit.
 """
@@ -38,7 +39,7 @@ from .params import (CoreParams, KIND_INPUT, KIND_READOUT, MEM_CONSTS, MEM_READO
 __all__ = ["Lane", "UPDATE_LATENCY", "ACCUMULATE_LATENCY"]
 
 #: Cycles from an update issue (u0) to its state/event write (u4), and from a weight issue to its write.
-UPDATE_LATENCY = 5
+UPDATE_LATENCY = 6
 ACCUMULATE_LATENCY = 2
 
 ACC_Z, ACC_R, ACC_AG, ACC_HG = 0, 1, 2, 3
@@ -302,20 +303,29 @@ class Lane(Elaboratable):
                      u3_z.eq(u2b_z), u3_theta.eq(u2b_theta), u3_c.eq(u2b_c)]
         u3_g = Signal(signed(S + 1))
         m.d.comb += u3_g.eq(tanh_rd.data << fmt.g_align)
-        u3_prod = Signal(signed(fs + 1 + S + 3))
-        m.d.comb += u3_prod.eq(u3_z * (u3_c - u3_g))
-        u3_raw = Signal(signed(S + 3))
-        m.d.comb += u3_raw.eq(u3_g + ((u3_prod + (1 << (fs - 1))) >> fs))
-        u3_cand = Signal(signed(S))
-        m.d.comb += u3_cand.eq(Mux(u3_raw > fmt.state_max, fmt.state_max,
-                                   Mux(u3_raw < fmt.state_min, fmt.state_min, u3_raw)))
+        # u3 only subtracts (table output -> c - g' -> register); the multiply by z, the
+        # rounding and the saturation follow in u3b.
+        u3b_valid, u3b_index, u3b_layer = Signal(), Signal.like(u3_index), Signal.like(u3_layer)
+        u3b_region, u3b_state_addr = Signal.like(u3_region), Signal.like(u3_state_addr)
+        u3b_z, u3b_theta = Signal(fs + 1), Signal(S)
+        u3b_g, u3b_diff = Signal(signed(S + 1)), Signal(signed(S + 2))
+        m.d.sync += [u3b_valid.eq(u3_valid), u3b_index.eq(u3_index), u3b_layer.eq(u3_layer),
+                     u3b_region.eq(u3_region), u3b_state_addr.eq(u3_state_addr), u3b_z.eq(u3_z),
+                     u3b_theta.eq(u3_theta), u3b_g.eq(u3_g), u3b_diff.eq(u3_c - u3_g)]
+        u3b_prod = Signal(signed(fs + 1 + S + 3))
+        m.d.comb += u3b_prod.eq(u3b_z * u3b_diff)
+        u3b_raw = Signal(signed(S + 3))
+        m.d.comb += u3b_raw.eq(u3b_g + ((u3b_prod + (1 << (fs - 1))) >> fs))
+        u3b_cand = Signal(signed(S))
+        m.d.comb += u3b_cand.eq(Mux(u3b_raw > fmt.state_max, fmt.state_max,
+                                    Mux(u3b_raw < fmt.state_min, fmt.state_min, u3b_raw)))
 
-        u4_valid, u4_index, u4_layer = Signal(), Signal.like(u3_index), Signal.like(u3_layer)
-        u4_region, u4_state_addr = Signal.like(u3_region), Signal.like(u3_state_addr)
+        u4_valid, u4_index, u4_layer = Signal(), Signal.like(u3b_index), Signal.like(u3b_layer)
+        u4_region, u4_state_addr = Signal.like(u3b_region), Signal.like(u3b_state_addr)
         u4_cand, u4_theta = Signal(signed(S)), Signal(S)
-        m.d.sync += [u4_valid.eq(u3_valid), u4_index.eq(u3_index), u4_layer.eq(u3_layer),
-                     u4_region.eq(u3_region), u4_state_addr.eq(u3_state_addr),
-                     u4_cand.eq(u3_cand), u4_theta.eq(u3_theta)]
+        m.d.sync += [u4_valid.eq(u3b_valid), u4_index.eq(u3b_index), u4_layer.eq(u3b_layer),
+                     u4_region.eq(u3b_region), u4_state_addr.eq(u3b_state_addr),
+                     u4_cand.eq(u3b_cand), u4_theta.eq(u3b_theta)]
         u4_fire = Signal()
         u4_state = Signal(signed(S))
         m.d.comb += [u4_fire.eq(u4_cand > u4_theta),
