@@ -255,6 +255,68 @@ def cmd_sim(args) -> int:
     return 1 if report["mismatches"] else 0
 
 
+def cmd_image(args) -> int:
+    from firmware.image import build_image
+    model = load_model(args.model)
+    params = _core_params(model, args.lanes)
+    blob = build_image(params)
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise UserError(f"{args.out} is a directory; --out names the image file to write")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".tmp", "wb") as f:
+        f.write(blob)
+    os.replace(out + ".tmp", out)
+    if not args.quiet:
+        print(f"wrote {args.out}: {len(blob)} bytes for {args.lanes} lanes")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+    from firmware.driver import DeviceError, EGRUDevice, SerialTransport
+    from firmware.image import ImageError, parse_image
+    from firmware.protocol import ProtocolError
+    try:
+        with open(args.image, "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read image {args.image}: {e.strerror}") from None
+    try:
+        image = parse_image(blob)
+    except ImageError as e:
+        raise UserError(f"{args.image}: {e}") from None
+    try:
+        x = np.load(args.inputs, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read inputs {args.inputs}: {e}") from None
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[2] != image.inputs or x.dtype.kind not in "iu":
+        raise UserError(f"inputs must be integers [T, {image.inputs}] or [N, T, {image.inputs}] "
+                        f"(see golden.quantize_input), got {x.dtype} {list(x.shape)}")
+    try:
+        device = EGRUDevice(SerialTransport(args.port, baudrate=args.baud))
+        info = device.info()
+        if info["signature"] != image.signature:
+            raise UserError(f"the image is for another bitstream (signature {image.signature:08x}, "
+                            f"board {info['signature']:08x})")
+        device.load(blob)
+        outputs = []
+        for seq in x:
+            device.start()
+            outputs.append(device.run(seq))
+    except (DeviceError, ProtocolError) as e:
+        raise UserError(str(e)) from None
+    result = np.stack(outputs)
+    if args.out:
+        np.save(args.out, result)
+    else:
+        for n, seq in enumerate(result):
+            print(f"sequence {n}: last step {seq[-1].tolist()}")
+    return 0
+
+
 def _train_summary(r: dict, out: str) -> str:
     sp = ", ".join(f"{k} {v:.1%}" for k, v in r["weight_sparsity"].items())
     act = ", ".join(f"{k} {v:.1%}" for k, v in r["activity_sparsity"].items())
@@ -366,6 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("image", help="write the binary model image that a board loads over UART",
+                       description="Write the versioned model image (header, memory sections, CRC32; "
+                                   "see firmware/image.py) for a core of P lanes.")
+    p.add_argument("--model", required=True, metavar="M")
+    p.add_argument("--lanes", type=_positive_int, required=True, metavar="P")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("run", help="load an image into a board over UART and stream inputs through it",
+                       description="Load IMG into the board on PORT (checked first: a rejected image leaves "
+                                   "the board's model running), then run each input sequence from a .npy file "
+                                   "of layer-0 integers [T, I] or [N, T, I].")
+    p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
+    p.add_argument("--image", required=True, metavar="IMG")
+    p.add_argument("--inputs", required=True, metavar="FILE", help=".npy file of integer inputs")
+    p.add_argument("--baud", type=_positive_int, default=115200)
+    p.add_argument("--out", metavar="FILE", help="write the outputs [N, T, O] as .npy")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="golden-model accuracy and MACs of a quantized model on its task")
     p.add_argument("--model", required=True, metavar="M", help="quantized model (model.npz)")

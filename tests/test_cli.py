@@ -181,3 +181,25 @@ def test_random_model_errors(tmp_path, capsys):
     code, _, err = run(["random-model", "--inputs", "3", "--hidden", "4", "--weight-sparsity", "1.5", "--out",
                         str(tmp_path / "m.npz")], capsys)
     assert code == 2 and "sparsity must be in [0, 1)" in err
+
+
+def test_image_and_run_errors(random_model_file, tmp_path, capsys):
+    import numpy as np
+    from firmware.image import parse_image
+    code, _, err = run(["image", "--model", str(random_model_file), "--lanes", "2", "--out",
+                        str(tmp_path / "m.img"), "--quiet"], capsys)
+    assert code == 0, err
+    img = parse_image((tmp_path / "m.img").read_bytes())
+    assert img.lanes == 2 and img.inputs == 5
+    np.save(tmp_path / "x.npy", np.zeros((3, 5), dtype=np.int64))
+    code, _, err = run(["run", "--port", str(tmp_path / "ttyNONE"), "--image", str(tmp_path / "m.img"),
+                        "--inputs", str(tmp_path / "x.npy")], capsys)
+    assert code == 2 and "cannot open serial port" in err and "Traceback" not in err
+    (tmp_path / "bad.img").write_bytes((tmp_path / "m.img").read_bytes()[:-1])
+    code, _, err = run(["run", "--port", "/dev/null", "--image", str(tmp_path / "bad.img"),
+                        "--inputs", str(tmp_path / "x.npy")], capsys)
+    assert code == 2 and "CRC32" in err
+    np.save(tmp_path / "f.npy", np.zeros((3, 4)))
+    code, _, err = run(["run", "--port", "/dev/null", "--image", str(tmp_path / "m.img"),
+                        "--inputs", str(tmp_path / "f.npy")], capsys)
+    assert code == 2 and "inputs must be integers [T, 5]" in err
