@@ -98,7 +98,7 @@ class EGRUCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p, P, L = self.params, self.params.lanes, self.params.layers
-        lanes = [Lane(p, k, debug=self.debug) for k in range(P)]
+        lanes = [Lane(p, k) for k in range(P)]
         for k, lane in enumerate(lanes):
             m.submodules[f"lane{k}"] = lane
 
@@ -165,8 +165,8 @@ class EGRUCore(wiring.Component):
                             m.d.comb += walk_counts[k].eq(saved[l][h][k])
         # Next lane (after e_lane) with events, for a walk without a cycle per empty lane.
         def first_nonempty(after):
-            found = Signal(name=f"nonempty_found")
-            which = Signal.like(e_lane, name=f"nonempty_lane")
+            found = Signal(name="nonempty_found")
+            which = Signal.like(e_lane, name="nonempty_lane")
             for k in reversed(range(1, P)):  # lane 0 never comes after another lane
                 with m.If((walk_counts[k] != 0) & (after < k)):
                     m.d.comb += [found.eq(1), which.eq(k)]

@@ -7,8 +7,6 @@ import os
 
 from amaranth.back import verilog
 
-from quantize.model import QuantModel
-
 from .core import EGRUCore
 from .params import CoreParams
 

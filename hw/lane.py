@@ -28,7 +28,7 @@ All arithmetic follows :mod:`quantize.golden` bit for bit.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
 
 from quantize.lanes import lane_size
@@ -66,10 +66,9 @@ class Lane(Elaboratable):
     The core drives the inputs below and reads the outputs; all are plain signals.
     """
 
-    def __init__(self, params: CoreParams, index: int, *, debug: bool = False):
+    def __init__(self, params: CoreParams, index: int):
         self.params = params
         self.index = index
-        self.debug = debug
         p, fmt = params, params.formats
         layer_bits = max(1, (p.layers - 1).bit_length())
         # -- dispatcher side: row pointers and weight issue

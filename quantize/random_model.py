@@ -22,7 +22,6 @@ import math
 
 import numpy as np
 
-from . import formats as F
 from .formats import NumberFormats
 from .lanes import check_lanes, lane_columns
 from .model import QuantLayer, QuantModel, QuantReadout

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from quantize.golden import GoldenTrace
 
 __all__ = ["CoreRecord", "Mismatch", "compare_run"]

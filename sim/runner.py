@@ -182,20 +182,19 @@ def _write_dump_module(*, build_dir: Path, toplevel: str, waves_file: Path) -> P
 @contextlib.contextmanager
 def _patched_environ(changes: Mapping[str, str | None]) -> Iterator[None]:
     """Set (str) or remove (None) environment variables, restoring them on exit."""
+    def apply(values: Mapping[str, str | None]) -> None:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
     saved = {name: os.environ.get(name) for name in changes}
     try:
-        for name, value in changes.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        apply(changes)
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        apply(saved)
 
 
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
