@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from quantize.lanes import lane_size
 
-from .lane import ACCUMULATE_LATENCY, Lane, UPDATE_LATENCY
+from .lane import ACCUMULATE_LATENCY, Lane, UPDATE_LATENCY, WEIGHT_RAMS
 from .params import CoreParams, KIND_INPUT, KIND_READOUT, KIND_RECURRENT
 
 __all__ = ["EGRUCore", "ControlSignature", "StatusSignature", "ConfigSignature", "DebugSignature"]
@@ -75,13 +75,21 @@ class EGRUCore(wiring.Component):
     Streams: ``i`` takes one signed ``input_bits`` element per beat, ``input_size`` beats per
     step; ``o`` gives one signed readout value (grid ``2**-(state_frac + readout shift)``)
     per beat, ``outputs`` beats per step, in output order.
+
+    ``weight_ram``: ``"inferred"`` (block RAM initialised with ``params``' weights) or
+    ``"ice40_spram"`` (iCE40 UP5K SPRAM, :mod:`hw.spram`: empty until written through ``cfg``).
+    ``debug`` adds the ``dbg`` ports (one neuron update per lane and cycle) for testbenches.
     """
 
-    def __init__(self, params: CoreParams, *, debug: bool = False):
+    def __init__(self, params: CoreParams, *, debug: bool = False, weight_ram: str = "inferred"):
         if not isinstance(params, CoreParams):
             raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
+        if weight_ram not in WEIGHT_RAMS:
+            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
+            raise ValueError(f"weight_ram must be one of {', '.join(WEIGHT_RAMS)}, not {weight_ram!r}")
         self.params = params
         self.debug = debug
+        self.weight_ram = weight_ram
         fmt = params.formats
         members = {
             "i": In(stream.Signature(signed(fmt.input_bits))),
@@ -98,7 +106,7 @@ class EGRUCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p, P, L = self.params, self.params.lanes, self.params.layers
-        lanes = [Lane(p, k) for k in range(P)]
+        lanes = [Lane(p, k, weight_ram=self.weight_ram) for k in range(P)]
         for k, lane in enumerate(lanes):
             m.submodules[f"lane{k}"] = lane
 

@@ -15,13 +15,15 @@ Lane ``p`` owns neurons ``n = i * P + p`` (local index ``i``) of every layer and
 **Update pipeline** (one local neuron per cycle; stages ``u0`` .. ``u4``)::
 
     u0: read accumulators z, r, ag, hg, the neuron's constants and cell state
-    u1: add the start values (biases); sigmoid table reads for z and r; clear the accumulators
+    u1: add the start values (biases); clear the accumulators
+    u1b: sigmoid table indices and reads for z and r
     u2: r * hg (registered)
-    u2b: pre_g = ag + round(r * hg); tanh table read
+    u2b: pre_g = ag + round(r * hg) (registered)
+    u2c: tanh table index and read
     u3: c - g' (registered)
     u3b: c~ = g' + round(z * (c - g'))   (= round(z c + (1 - z) g'), one multiplier); saturate
     u4: threshold test, reset by subtraction, state write, event write into the event buffer
-    (u0 .. u4 plus u2b and u3b: six cycles from issue to write)
+    (u0 .. u4 plus u1b, u2b, u2c and u3b: eight cycles from issue to write)
 
 All arithmetic follows :mod:`quantize.golden` bit for bit.
 """
@@ -33,13 +35,18 @@ from amaranth.lib.memory import Memory
 
 from quantize.lanes import lane_size
 
+from .spram import ICE40WeightRAM
 from .params import (CoreParams, KIND_INPUT, KIND_READOUT, MEM_CONSTS, MEM_READOUT_BIAS, MEM_ROW_PTR,
                      MEM_WEIGHTS)
 
-__all__ = ["Lane", "UPDATE_LATENCY", "ACCUMULATE_LATENCY"]
+__all__ = ["Lane", "UPDATE_LATENCY", "ACCUMULATE_LATENCY", "WEIGHT_RAMS"]
+
+#: Where the weights memory lives: "inferred" (an Amaranth Memory: block RAM, initialised
+#: by the bitstream) or "ice40_spram" (iCE40 UP5K SPRAM, loaded at run time; see hw/spram.py).
+WEIGHT_RAMS = ("inferred", "ice40_spram")
 
 #: Cycles from an update issue (u0) to its state/event write (u4), and from a weight issue to its write.
-UPDATE_LATENCY = 6
+UPDATE_LATENCY = 8
 ACCUMULATE_LATENCY = 2
 
 ACC_Z, ACC_R, ACC_AG, ACC_HG = 0, 1, 2, 3
@@ -66,9 +73,13 @@ class Lane(Elaboratable):
     The core drives the inputs below and reads the outputs; all are plain signals.
     """
 
-    def __init__(self, params: CoreParams, index: int):
+    def __init__(self, params: CoreParams, index: int, *, weight_ram: str = "inferred"):
+        if weight_ram not in WEIGHT_RAMS:
+            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
+            raise ValueError(f"weight_ram must be one of {', '.join(WEIGHT_RAMS)}, not {weight_ram!r}")
         self.params = params
         self.index = index
+        self.weight_ram = weight_ram
         p, fmt = params, params.formats
         layer_bits = max(1, (p.layers - 1).bit_length())
         # -- dispatcher side: row pointers and weight issue
@@ -141,7 +152,13 @@ class Lane(Elaboratable):
             return mem.read_port()
 
         # -- memories ------------------------------------------------------------------------
-        w_rd = loadable("weights", MEM_WEIGHTS, p.weights[lane])
+        if self.weight_ram == "ice40_spram":
+            w_rd = m.submodules.weights = ICE40WeightRAM(width=p.mem_word_bits(MEM_WEIGHTS),
+                                                         depth=p.mem_depth(MEM_WEIGHTS))
+            m.d.comb += [w_rd.w_addr.eq(self.cfg_addr), w_rd.w_data.eq(self.cfg_data),
+                         w_rd.w_en.eq(self.cfg_we & (self.cfg_mem == MEM_WEIGHTS))]
+        else:
+            w_rd = loadable("weights", MEM_WEIGHTS, p.weights[lane])
         ptr_rd = loadable("row_ptr", MEM_ROW_PTR, p.row_ptr[lane])
         const_rd = loadable("consts", MEM_CONSTS, p.consts[lane])
         rob_rd = loadable("readout_bias", MEM_READOUT_BIAS, p.readout_bias[lane])
@@ -254,23 +271,34 @@ class Lane(Elaboratable):
             m.d.comb += u1_pre[k].eq(acc_rd[k].data + u1_init[k])
         u1_c = Signal(signed(S))
         m.d.comb += u1_c.eq(Mux(u1_first, 0, state_rd.data))
+        # u1 only adds (accumulator + start value -> register); the table indices (a shift,
+        # an add and a clamp) follow in u1b, which keeps both stages short on an iCE40.
+        u1b_valid, u1b_index, u1b_layer = Signal(), Signal.like(u1_index), Signal.like(u1_layer)
+        u1b_region, u1b_state_addr = Signal.like(u1_region), Signal.like(u1_state_addr)
+        u1b_pre = [Signal(signed(p.pre_bits), name=f"u1b_pre_{n}") for n in ("z", "r", "ag", "hg")]
+        u1b_theta, u1b_c = Signal(S), Signal(signed(S))
+        m.d.sync += [u1b_valid.eq(u1_valid), u1b_index.eq(u1_index), u1b_layer.eq(u1_layer),
+                     u1b_region.eq(u1_region), u1b_state_addr.eq(u1_state_addr),
+                     u1b_theta.eq(u1_theta), u1b_c.eq(u1_c)]
+        m.d.sync += [u1b_pre[k].eq(u1_pre[k]) for k in range(4)]
         idx_z = Signal(fmt.sigmoid_lut_bits)
         idx_r = Signal(fmt.sigmoid_lut_bits)
-        with m.Switch(u1_layer):
+        with m.Switch(u1b_layer):
             for l in range(p.layers):
                 with m.Case(l):
                     shift = p.acc_frac[l] - fmt.sigmoid_lut_frac
-                    m.d.comb += [idx_z.eq(_lut_index(m, u1_pre[ACC_Z], shift, fmt.sigmoid_lut_bits, f"z{l}")),
-                                 idx_r.eq(_lut_index(m, u1_pre[ACC_R], shift, fmt.sigmoid_lut_bits, f"r{l}"))]
+                    m.d.comb += [idx_z.eq(_lut_index(m, u1b_pre[ACC_Z], shift, fmt.sigmoid_lut_bits, f"z{l}")),
+                                 idx_r.eq(_lut_index(m, u1b_pre[ACC_R], shift, fmt.sigmoid_lut_bits, f"r{l}"))]
         m.d.comb += [sig_rd[0].addr.eq(idx_z), sig_rd[1].addr.eq(idx_r)]
 
-        u2_valid, u2_index, u2_layer = Signal(), Signal.like(u1_index), Signal.like(u1_layer)
-        u2_region, u2_state_addr = Signal.like(u1_region), Signal.like(u1_state_addr)
+        u2_valid, u2_index, u2_layer = Signal(), Signal.like(u1b_index), Signal.like(u1b_layer)
+        u2_region, u2_state_addr = Signal.like(u1b_region), Signal.like(u1b_state_addr)
         u2_ag, u2_hg = Signal(signed(p.pre_bits)), Signal(signed(p.pre_bits))
         u2_theta, u2_c = Signal(S), Signal(signed(S))
-        m.d.sync += [u2_valid.eq(u1_valid), u2_index.eq(u1_index), u2_layer.eq(u1_layer),
-                     u2_region.eq(u1_region), u2_state_addr.eq(u1_state_addr),
-                     u2_ag.eq(u1_pre[ACC_AG]), u2_hg.eq(u1_pre[ACC_HG]), u2_theta.eq(u1_theta), u2_c.eq(u1_c)]
+        m.d.sync += [u2_valid.eq(u1b_valid), u2_index.eq(u1b_index), u2_layer.eq(u1b_layer),
+                     u2_region.eq(u1b_region), u2_state_addr.eq(u1b_state_addr),
+                     u2_ag.eq(u1b_pre[ACC_AG]), u2_hg.eq(u1b_pre[ACC_HG]), u2_theta.eq(u1b_theta),
+                     u2_c.eq(u1b_c)]
         fs = fmt.sigmoid_frac
         u2_z, u2_r = sig_rd[0].data, sig_rd[1].data
         # u2 only multiplies (table output -> r * hg -> register); the rounding, the add and
@@ -286,20 +314,29 @@ class Lane(Elaboratable):
         m.d.comb += u2b_rh.eq((u2b_rhg + (1 << (fs - 1))) >> fs)
         u2b_pre_g = Signal(signed(p.pre_bits + 1))
         m.d.comb += u2b_pre_g.eq(u2b_ag + u2b_rh)
+        # u2b ends at a register (the rounding and the add); the tanh index and table read
+        # follow in u2c.
+        u2c_valid, u2c_index, u2c_layer = Signal(), Signal.like(u2b_index), Signal.like(u2b_layer)
+        u2c_region, u2c_state_addr = Signal.like(u2b_region), Signal.like(u2b_state_addr)
+        u2c_pre_g = Signal.like(u2b_pre_g)
+        u2c_z, u2c_theta, u2c_c = Signal(fs + 1), Signal(S), Signal(signed(S))
+        m.d.sync += [u2c_valid.eq(u2b_valid), u2c_index.eq(u2b_index), u2c_layer.eq(u2b_layer),
+                     u2c_region.eq(u2b_region), u2c_state_addr.eq(u2b_state_addr), u2c_pre_g.eq(u2b_pre_g),
+                     u2c_z.eq(u2b_z), u2c_theta.eq(u2b_theta), u2c_c.eq(u2b_c)]
         idx_g = Signal(fmt.tanh_lut_bits)
-        with m.Switch(u2b_layer):
+        with m.Switch(u2c_layer):
             for l in range(p.layers):
                 with m.Case(l):
                     shift = p.acc_frac[l] - fmt.tanh_lut_frac
-                    m.d.comb += idx_g.eq(_lut_index(m, u2b_pre_g, shift, fmt.tanh_lut_bits, f"g{l}"))
+                    m.d.comb += idx_g.eq(_lut_index(m, u2c_pre_g, shift, fmt.tanh_lut_bits, f"g{l}"))
         m.d.comb += tanh_rd.addr.eq(idx_g)
 
-        u3_valid, u3_index, u3_layer = Signal(), Signal.like(u2b_index), Signal.like(u2b_layer)
-        u3_region, u3_state_addr = Signal.like(u2b_region), Signal.like(u2b_state_addr)
+        u3_valid, u3_index, u3_layer = Signal(), Signal.like(u2c_index), Signal.like(u2c_layer)
+        u3_region, u3_state_addr = Signal.like(u2c_region), Signal.like(u2c_state_addr)
         u3_z, u3_theta, u3_c = Signal(fs + 1), Signal(S), Signal(signed(S))
-        m.d.sync += [u3_valid.eq(u2b_valid), u3_index.eq(u2b_index), u3_layer.eq(u2b_layer),
-                     u3_region.eq(u2b_region), u3_state_addr.eq(u2b_state_addr),
-                     u3_z.eq(u2b_z), u3_theta.eq(u2b_theta), u3_c.eq(u2b_c)]
+        m.d.sync += [u3_valid.eq(u2c_valid), u3_index.eq(u2c_index), u3_layer.eq(u2c_layer),
+                     u3_region.eq(u2c_region), u3_state_addr.eq(u2c_state_addr),
+                     u3_z.eq(u2c_z), u3_theta.eq(u2c_theta), u3_c.eq(u2c_c)]
         u3_g = Signal(signed(S + 1))
         m.d.comb += u3_g.eq(tanh_rd.data << fmt.g_align)
         # u3 only subtracts (table output -> c - g' -> register); the multiply by z, the
