@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .protocol import (LOAD_CHECK, LOAD_WRITE, RESPONSE_SOF, Command, FrameDecoder, ProtocolError, Status,
-                       encode_request)
+from .protocol import (LOAD_CHECK, LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, RESPONSE_SOF, Command,
+                       FrameDecoder, ProtocolError, STATUS_FORMAT, Status, encode_request)
 from .reference import INFO_FORMAT
 
 __all__ = ["Transport", "SerialTransport", "DeviceTransport", "EGRUDevice", "DeviceError"]
@@ -72,13 +72,21 @@ class DeviceTransport:
 
 
 class EGRUDevice:
-    """A board (or a model of one) behind a transport."""
+    """A board (or a model of one) behind a transport.
 
-    def __init__(self, transport: Transport, *, timeout: float = 2.0, chunk: int = 1024):
+    ``timeout``: seconds to wait for each response; ``chunk``: image bytes per LOAD_DATA
+    frame (at most :data:`~firmware.protocol.MAX_PAYLOAD`, the device's request buffer).
+    Requests go one at a time: the next is sent only after the previous one's response."""
+
+    def __init__(self, transport: Transport, *, timeout: float = 2.0, chunk: int = MAX_PAYLOAD):
+        if not isinstance(chunk, int) or isinstance(chunk, bool):
+            raise TypeError(f"chunk must be an integer number of bytes, not {chunk!r}")
+        if not 1 <= chunk <= MAX_PAYLOAD:
+            raise ValueError(f"chunk must be 1 .. {MAX_PAYLOAD} bytes (a request payload), not {chunk}")
         self.transport = transport
         self.timeout = timeout
         self.chunk = chunk
-        self.decoder = FrameDecoder(RESPONSE_SOF)
+        self.decoder = FrameDecoder(RESPONSE_SOF, max_payload=MAX_RESPONSE_PAYLOAD)
         self._info = None
 
     def request(self, command: Command, payload: bytes = b"") -> bytes:
@@ -108,9 +116,9 @@ class EGRUDevice:
         return self._info
 
     def status(self) -> dict:
-        busy, model_ok, last_error, steps = struct.unpack("<BBBI", self.request(Command.STATUS))
+        busy, model_ok, last_error, steps, cycles, step_cycles = STATUS_FORMAT.unpack(self.request(Command.STATUS))
         return {"busy": bool(busy), "model_loaded": bool(model_ok), "last_error": Status(last_error).name,
-                "steps": steps}
+                "steps": steps, "cycles": cycles, "step_cycles": step_cycles}
 
     def start(self) -> None:
         """Begin a new sequence: recurrent state back to zero."""
@@ -122,6 +130,8 @@ class EGRUDevice:
         A rejected image raises :class:`ProtocolError` (status ``IMAGE_*``) after the check
         pass, and the model already on the device keeps running.
         """
+        if len(image) > MAX_IMAGE:
+            raise ValueError(f"an image of {len(image)} bytes exceeds the protocol's {MAX_IMAGE}")
         for mode in (LOAD_CHECK, LOAD_WRITE):
             self.request(Command.LOAD_BEGIN, struct.pack("<BI", mode, len(image)))
             for k in range(0, len(image), self.chunk):
@@ -137,7 +147,11 @@ class EGRUDevice:
         if x.ndim != 2 or x.shape[1] != info["inputs"]:
             raise ValueError(f"expected inputs [k, {info['inputs']}], got {list(x.shape)}")
         nb = (info["input_bits"] + 7) // 8
-        steps_per_frame = max(1, min(len(x), 4096 // (4 * info["outputs"]), 4096 // (nb * info["inputs"])))
+        # Each RUN frame: at most MAX_PAYLOAD input bytes and MAX_RESPONSE_PAYLOAD output bytes.
+        steps_per_frame = min(MAX_PAYLOAD // (nb * info["inputs"]), MAX_RESPONSE_PAYLOAD // (4 * info["outputs"]))
+        if steps_per_frame == 0:
+            raise ValueError(f"one input vector ({nb * info['inputs']} bytes) does not fit a RUN frame "
+                             f"({MAX_PAYLOAD} bytes)")
         out = []
         for k in range(0, len(x), steps_per_frame):
             part = x[k:k + steps_per_frame]

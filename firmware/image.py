@@ -20,6 +20,12 @@ Layout (all integers little-endian)::
     end-4   4     CRC32 (zlib) of everything before it
 
 Memory ids are :data:`hw.params.MEMORIES` (0 weights, 1 row_ptr, 2 consts, 3 readout_bias).
+
+A device checks an image as it streams in, byte by byte and without an image buffer
+(:class:`ImageChecker`, the behaviour of the RTL bridge ``hw/bridge.py``): every field is
+compared with what the device expects at that position, and each mismatch raises a flag.
+The status is the highest-priority flag (:data:`CHECK_KINDS`, mapped to protocol status
+codes by :data:`KIND_STATUS`).
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ from dataclasses import dataclass
 
 from quantize.formats import NumberFormats
 
+from .protocol import Status
+
 __all__ = ["MAGIC", "VERSION", "ImageError", "ModelImage", "Section", "build_image", "parse_image",
-           "hardware_signature"]
+           "hardware_signature", "CRC32_RESIDUE", "CHECK_KINDS", "KIND_STATUS", "ImageLayout", "image_layout",
+           "ImageChecker", "check_image", "first_kind"]
 
 MAGIC = b"EGRU"
 VERSION = 1
@@ -158,3 +167,164 @@ def parse_image(blob: bytes) -> ModelImage:
         raise ImageError(f"image number formats are invalid: {e}") from None
     return ModelImage(signature=signature, lanes=lanes, inputs=inputs, outputs=outputs, hidden=tuple(hidden),
                       formats=fmt, sections=tuple(sections))
+
+
+# -- streaming check (what a device does) -------------------------------------------------------
+
+#: The reflected CRC32 register (initial value 0xFFFFFFFF, no final XOR) after a message
+#: followed by its own CRC32 (zlib, little-endian) always holds this value.
+CRC32_RESIDUE = 0xDEBB20E3
+
+#: What a streaming check can find wrong, highest priority first. ``length``: the bytes
+#: sent differ from the announced length (the device's transfer count, not the image);
+#: ``magic``: bytes 0..3 are not ``EGRU`` or the image has fewer than 4 bytes;
+#: ``version``: bytes 4..5; ``crc``: the CRC32 residue over all bytes; ``signature``:
+#: the hardware signature or a shape/format byte of the header; ``section``: the header
+#: length, the section count, a section entry (memory, lane, word bits, a word count
+#: above the memory's depth, a data offset other than the running one), or an image that
+#: ends before or goes past header + data + 4 CRC bytes.
+CHECK_KINDS = ("length", "magic", "version", "crc", "signature", "section")
+KIND_STATUS = {"length": Status.IMAGE_LENGTH, "magic": Status.IMAGE_MAGIC, "version": Status.IMAGE_VERSION,
+               "crc": Status.IMAGE_CRC, "signature": Status.IMAGE_SIGNATURE, "section": Status.IMAGE_SECTION}
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """What a device built for some parameters expects of an image (bitstream constants).
+
+    ``fixed``: bytes 0 .. F-1 (magic up to the section count) exactly as :func:`build_image`
+    writes them; ``fixed_kinds[i]``: the flag a mismatch of byte ``i`` raises;
+    ``header_length``: F + 12 bytes per section; ``sections``: ``(mem, lane, word_bits,
+    depth)`` in image order (lane-major, memories 0..3)."""
+    fixed: bytes
+    fixed_kinds: tuple[str, ...]
+    header_length: int
+    sections: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def max_length(self) -> int:
+        """Bytes of the largest acceptable image (every memory full)."""
+        return self.header_length + sum(d * ((b + 7) // 8) for _, _, b, d in self.sections) + 4
+
+
+def image_layout(params) -> ImageLayout:
+    """The :class:`ImageLayout` of a device built from ``params`` (a :class:`hw.params.CoreParams`)."""
+    from hw.params import MEMORIES
+    fixed_len = _FIXED.size + 2 * params.layers + len(_FORMAT_FIELDS) + 2
+    sections = tuple((mem, lane, params.mem_word_bits(mem), params.mem_depth(mem))
+                     for lane in range(params.lanes) for mem in range(len(MEMORIES)))
+    # Offsets 0-3 magic, 4-5 version, 6-7 header length, 8-11 signature, then lanes .. formats,
+    # and the section count in the last two bytes.
+    kinds = ("magic",) * 4 + ("version",) * 2 + ("section",) * 2 + ("signature",) * (fixed_len - 10) + ("section",) * 2
+    return ImageLayout(fixed=build_image(params)[:fixed_len], fixed_kinds=kinds,
+                       header_length=fixed_len + _SECTION.size * len(sections), sections=sections)
+
+
+class ImageChecker:
+    """Checks an image byte by byte as a device does, and says which words it writes.
+
+    :meth:`feed` takes one byte and returns ``(mem, lane, addr, word)`` when the byte
+    completes a section word and no flag has been raised by an earlier byte (a device in
+    write mode writes it then; ``word`` keeps its ``word_bits`` low bits), else ``None``.
+    :meth:`finish` adds the checks that need the whole image and returns the flags.
+
+    Phases: ``fixed`` (bytes 0 .. F-1 against :attr:`ImageLayout.fixed`), ``table`` (12
+    bytes per section: memory, lane, word bits must match; the word count is kept; the data
+    offset must equal the running offset, which starts at the header length and grows by
+    each section's words times its word bytes), ``data`` (sections in order, empty ones
+    skipped), ``trailer`` (the 4 CRC32 bytes), ``end`` (any further byte raises
+    ``section``)."""
+
+    def __init__(self, layout: ImageLayout):
+        if not isinstance(layout, ImageLayout):
+            raise TypeError(f"layout must be an ImageLayout, not {type(layout).__name__}")
+        self.layout = layout
+        self.flags: set[str] = set()
+        self.crc = 0                      # zlib.crc32 of the bytes so far
+        self.phase, self.pos = "fixed", 0
+        self.s, self.j, self.n = 0, 0, 0  # table: section, byte in its entry, word count
+        self.offset = layout.header_length
+        self.counts = [0] * len(layout.sections)
+        self.w, self.b, self.word = 0, 0, 0
+
+    def _skip_empty(self):
+        while self.s < len(self.counts) and self.counts[self.s] == 0:
+            self.s += 1
+        if self.s == len(self.counts):
+            self.phase, self.j = "trailer", 0
+        else:
+            self.phase, self.w, self.b, self.word = "data", 0, 0, 0
+
+    def feed(self, byte: int):
+        lay = self.layout
+        self.crc = zlib.crc32(bytes([byte]), self.crc)
+        if self.phase == "fixed":
+            if byte != lay.fixed[self.pos]:
+                self.flags.add(lay.fixed_kinds[self.pos])
+            self.pos += 1
+            if self.pos == len(lay.fixed):
+                self.phase, self.s, self.j = "table", 0, 0
+        elif self.phase == "table":
+            mem, lane, bits, depth = lay.sections[self.s]
+            j = self.j
+            if j < 4:
+                if byte != (mem, lane, bits & 0xFF, bits >> 8)[j]:
+                    self.flags.add("section")
+            elif j < 8:
+                self.n = (self.n & ~(0xFF << 8 * (j - 4))) | byte << 8 * (j - 4)
+            elif byte != (self.offset >> 8 * (j - 8)) & 0xFF:
+                self.flags.add("section")
+            if j == 11:
+                if self.n > depth:
+                    self.flags.add("section")
+                self.counts[self.s] = self.n
+                self.offset += self.n * ((bits + 7) // 8)
+                self.s, self.j = self.s + 1, 0
+                if self.s == len(lay.sections):
+                    self.s = 0
+                    self._skip_empty()
+            else:
+                self.j += 1
+        elif self.phase == "data":
+            mem, lane, bits, _ = lay.sections[self.s]
+            self.word |= byte << 8 * self.b
+            self.b += 1
+            if self.b == (bits + 7) // 8:
+                write = None if self.flags else (mem, lane, self.w, self.word & ((1 << bits) - 1))
+                self.w, self.b, self.word = self.w + 1, 0, 0
+                if self.w == self.counts[self.s]:
+                    self.s += 1
+                    self._skip_empty()
+                return write
+        elif self.phase == "trailer":
+            self.j += 1
+            if self.j == 4:
+                self.phase = "end"
+        else:
+            self.flags.add("section")   # past header + data + CRC
+        return None
+
+    def finish(self) -> set[str]:
+        """The flags of the whole image (the announced length is the device's business)."""
+        flags = set(self.flags)
+        if self.phase == "fixed" and self.pos < 4:
+            flags.add("magic")
+        if self.crc ^ 0xFFFFFFFF != CRC32_RESIDUE:
+            flags.add("crc")
+        if self.phase != "end":
+            flags.add("section")
+        return flags
+
+
+def first_kind(flags) -> str | None:
+    """The highest-priority flag of ``flags`` (see :data:`CHECK_KINDS`), or ``None``."""
+    return next((k for k in CHECK_KINDS if k in flags), None)
+
+
+def check_image(blob: bytes, params) -> str | None:
+    """What a device built from ``params`` reports for ``blob`` sent whole: ``None`` (OK) or
+    the first of :data:`CHECK_KINDS` that applies (never ``"length"``)."""
+    checker = ImageChecker(image_layout(params))
+    for byte in bytes(blob):
+        checker.feed(byte)
+    return first_kind(checker.finish())

@@ -7,7 +7,9 @@ its start byte::
     request:   0xA5 | command u8 | length u16 | payload | crc16 u16
     response:  0x5A | status  u8 | length u16 | payload | crc16 u16
 
-Integers are little-endian.
+Integers are little-endian. A request carries at most :data:`MAX_PAYLOAD` bytes (the
+device buffers it whole and checks its CRC before executing it); a response at most
+:data:`MAX_RESPONSE_PAYLOAD` (RUN streams its outputs as they are computed).
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ import enum
 import struct
 from dataclasses import dataclass
 
-__all__ = ["REQUEST_SOF", "RESPONSE_SOF", "MAX_PAYLOAD", "Command", "Status", "ProtocolError",
+__all__ = ["REQUEST_SOF", "RESPONSE_SOF", "MAX_PAYLOAD", "MAX_RESPONSE_PAYLOAD", "MAX_IMAGE", "STATUS_FORMAT",
+           "Command", "Status",
+           "ProtocolError",
            "crc16", "encode_request", "encode_response", "FrameDecoder", "Frame", "LOAD_CHECK", "LOAD_WRITE"]
 
 REQUEST_SOF = 0xA5
 RESPONSE_SOF = 0x5A
-MAX_PAYLOAD = 4096
+#: Largest request payload in bytes: the device's request buffer (one iCE40 block RAM).
+MAX_PAYLOAD = 256
+#: Largest response payload in bytes (the u16 length field).
+MAX_RESPONSE_PAYLOAD = 0xFFFF
+#: Largest image length LOAD_BEGIN may announce (16 MiB, far above any image): a device
+#: counts image bytes in 24 bits.
+MAX_IMAGE = 0xFFFFFF
+#: STATUS payload: busy, model loaded, last error (u8 each), then steps since START or the
+#: last load, clock cycles spent in steps since reset, and cycles of the last step (u32 each).
+STATUS_FORMAT = struct.Struct("<BBBIII")
 LOAD_CHECK, LOAD_WRITE = 0, 1
 
 
@@ -66,19 +79,19 @@ def crc16(data: bytes, crc: int = 0xFFFF) -> int:
     return crc
 
 
-def _encode(sof: int, code: int, payload: bytes) -> bytes:
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds the protocol's {MAX_PAYLOAD}")
+def _encode(sof: int, code: int, payload: bytes, limit: int) -> bytes:
+    if len(payload) > limit:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds the protocol's {limit}")
     body = struct.pack("<BH", code, len(payload)) + bytes(payload)
     return bytes([sof]) + body + struct.pack("<H", crc16(body))
 
 
 def encode_request(command: Command, payload: bytes = b"") -> bytes:
-    return _encode(REQUEST_SOF, int(command), payload)
+    return _encode(REQUEST_SOF, int(command), payload, MAX_PAYLOAD)
 
 
 def encode_response(status: Status, payload: bytes = b"") -> bytes:
-    return _encode(RESPONSE_SOF, int(status), payload)
+    return _encode(RESPONSE_SOF, int(status), payload, MAX_RESPONSE_PAYLOAD)
 
 
 @dataclass(frozen=True)
@@ -86,14 +99,20 @@ class Frame:
     code: int          # command (request) or status (response)
     payload: bytes
     crc_ok: bool
+    oversize: bool = False   # the header announced more than max_payload bytes (payload and CRC not read)
 
 
 class FrameDecoder:
     """Incremental decoder: feed bytes, get complete frames. Bytes before a start byte
-    are skipped (a receiver resynchronises on the next frame)."""
+    are skipped (a receiver resynchronises on the next frame).
 
-    def __init__(self, sof: int):
+    A header announcing more than ``max_payload`` bytes gives a frame with ``oversize``
+    set as soon as its 4 header bytes are in, and the decoder hunts for the next start
+    byte from the byte after the header (this is how the device answers BAD_LENGTH)."""
+
+    def __init__(self, sof: int, *, max_payload: int = MAX_PAYLOAD):
         self.sof = sof
+        self.max_payload = max_payload
         self.buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Frame]:
@@ -108,8 +127,9 @@ class FrameDecoder:
             if len(self.buffer) < 4:
                 return frames
             code, length = struct.unpack_from("<BH", self.buffer, 1)
-            if length > MAX_PAYLOAD:
-                del self.buffer[:1]   # not a real frame start
+            if length > self.max_payload:
+                frames.append(Frame(code, b"", False, oversize=True))
+                del self.buffer[:4]
                 continue
             total = 1 + 3 + length + 2
             if len(self.buffer) < total:

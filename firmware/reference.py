@@ -15,17 +15,15 @@ from hw.params import CoreParams, MEM_CONSTS, MEM_READOUT_BIAS, MEM_ROW_PTR, MEM
 from quantize import golden
 from quantize.model import QuantLayer, QuantModel, QuantReadout
 
-from .image import ImageError, hardware_signature, parse_image
-from .protocol import (LOAD_CHECK, LOAD_WRITE, REQUEST_SOF, Command, FrameDecoder, Status, encode_response)
+from .image import KIND_STATUS, ImageChecker, first_kind, hardware_signature, image_layout
+from .protocol import (LOAD_CHECK, LOAD_WRITE, MAX_IMAGE, MAX_RESPONSE_PAYLOAD, REQUEST_SOF, STATUS_FORMAT, Command,
+                       FrameDecoder, Status, encode_response)
 
 __all__ = ["ReferenceDevice", "model_from_words", "info_payload", "INFO_FORMAT"]
 
 #: INFO payload: signature, image version, lanes, layers, inputs, outputs, input bits,
 #: readout bits, then the depth of each loadable memory (weights, row_ptr, consts, readout_bias).
 INFO_FORMAT = struct.Struct("<IHHHHHBBIIII")
-
-_IMAGE_STATUS = {"truncated": Status.IMAGE_LENGTH, "magic": Status.IMAGE_MAGIC, "version": Status.IMAGE_VERSION,
-                 "crc": Status.IMAGE_CRC, "section": Status.IMAGE_SECTION, "header": Status.IMAGE_SECTION}
 
 
 def _signed(v: int, bits: int) -> int:
@@ -86,29 +84,49 @@ def model_from_words(params: CoreParams, words: dict) -> QuantModel:
 
 
 class ReferenceDevice:
-    """Takes request bytes, returns response bytes (see :meth:`receive`)."""
+    """Takes request bytes, returns response bytes (see :meth:`receive`).
 
-    def __init__(self, params: CoreParams):
+    ``model_at_reset``: the device's memories hold ``params``' model at power-up (block RAM
+    initialised by the bitstream); ``False`` (e.g. iCE40 SPRAM weights): RUN answers NO_MODEL
+    until a load succeeds.
+
+    The device never buffers an image: LOAD_DATA bytes go through an :class:`ImageChecker`
+    one by one, and in write mode each word is written as it completes (unless a flag was
+    raised by an earlier byte), exactly as the RTL bridge does."""
+
+    def __init__(self, params: CoreParams, *, model_at_reset: bool = True, counters=None):
+        if not isinstance(model_at_reset, bool):
+            raise TypeError(f"model_at_reset must be a bool, not {model_at_reset!r}")
+        if counters is not None and not callable(counters):
+            raise TypeError(f"counters must be a callable returning (cycles, step_cycles), not {counters!r}")
         self.params = params
+        # The golden model has no clock: STATUS's cycle counters come from ``counters()``
+        # (e.g. a simulated core's) or are 0.
+        self.counters = counters or (lambda: (0, 0))
+        self.layout = image_layout(params)
         self.words = {}
         for p in range(params.lanes):
             for mem, src in ((MEM_WEIGHTS, params.weights), (MEM_ROW_PTR, params.row_ptr),
                              (MEM_CONSTS, params.consts), (MEM_READOUT_BIAS, params.readout_bias)):
-                self.words[(mem, p)] = list(src[p]) + [0] * (params.mem_depth(mem) - len(src[p]))
-        self.model_ok = True
+                init = list(src[p]) if model_at_reset else []
+                self.words[(mem, p)] = init + [0] * (params.mem_depth(mem) - len(init))
+        self.model_ok = model_at_reset
         self.last_error = Status.OK
         self.sequence: list[np.ndarray] = []
         self.steps = 0
         self.load = None
+        self.writes: list[tuple[int, int, int, int]] = []   # (mem, lane, addr, word) written by loads, in order
         self.decoder = FrameDecoder(REQUEST_SOF)
 
     def receive(self, data: bytes) -> bytes:
         out = b""
         for frame in self.decoder.feed(data):
-            if not frame.crc_ok:
+            if frame.oversize:
+                out += self._respond(Status.BAD_LENGTH)
+            elif not frame.crc_ok:
                 out += self._respond(Status.FRAME_CRC)
-                continue
-            out += self._execute(frame.code, frame.payload)
+            else:
+                out += self._execute(frame.code, frame.payload)
         return out
 
     def _respond(self, status: Status, payload: bytes = b"") -> bytes:
@@ -121,8 +139,9 @@ class ReferenceDevice:
         if code == Command.INFO:
             return self._respond(Status.OK, info_payload(p))
         if code == Command.STATUS:
-            return self._respond(Status.OK, struct.pack("<BBBI", 0, int(self.model_ok), int(self.last_error),
-                                                        self.steps))
+            cycles, step_cycles = self.counters()
+            return self._respond(Status.OK, STATUS_FORMAT.pack(0, int(self.model_ok), int(self.last_error),
+                                                               self.steps, cycles, step_cycles))
         if code == Command.START:
             self.sequence, self.steps = [], 0
             return self._respond(Status.OK)
@@ -130,37 +149,50 @@ class ReferenceDevice:
             if len(payload) != 5 or payload[0] not in (LOAD_CHECK, LOAD_WRITE):
                 return self._respond(Status.BAD_LENGTH)
             mode, length = struct.unpack("<BI", payload)
-            self.load = {"mode": mode, "length": length, "data": bytearray()}
+            if length > MAX_IMAGE:
+                # Announced more than the protocol allows: no load (one in progress is cancelled).
+                self.load = None
+                return self._respond(Status.IMAGE_LENGTH)
+            self.load = {"mode": mode, "remaining": length, "checker": ImageChecker(self.layout)}
+            if mode == LOAD_WRITE:
+                self.model_ok = False   # the memories are about to be overwritten
             return self._respond(Status.OK)
         if code == Command.LOAD_DATA:
             if self.load is None:
                 return self._respond(Status.LOAD_SEQUENCE)
-            self.load["data"] += payload
-            if len(self.load["data"]) > self.load["length"]:
-                self.load = None
-                return self._respond(Status.IMAGE_LENGTH)
+            for byte in payload:
+                if self.load["remaining"] == 0:
+                    self.load = None
+                    return self._respond(Status.IMAGE_LENGTH)
+                self.load["remaining"] -= 1
+                write = self.load["checker"].feed(byte)
+                if write is not None and self.load["mode"] == LOAD_WRITE:
+                    mem, lane, addr, word = write
+                    self.words[(mem, lane)][addr] = word
+                    self.writes.append(write)
             return self._respond(Status.OK)
         if code == Command.LOAD_END:
             if self.load is None:
                 return self._respond(Status.LOAD_SEQUENCE)
             load, self.load = self.load, None
-            status = self._check_image(bytes(load["data"]), load["length"])
+            kind = "length" if load["remaining"] else first_kind(load["checker"].finish())
+            status = Status.OK if kind is None else KIND_STATUS[kind]
             if load["mode"] == LOAD_WRITE:
-                if status == Status.OK:
-                    for s in parse_image(bytes(load["data"])).sections:
-                        self.words[(s.mem, s.lane)][:len(s.words)] = s.words
-                    self.sequence, self.steps = [], 0
-                # The hardware writes words as they arrive: a failed write pass leaves no valid model.
+                # Words were written as they arrived: only a fully checked image is a valid model.
                 self.model_ok = status == Status.OK
+                if self.model_ok:
+                    self.sequence, self.steps = [], 0
             return self._respond(status)
         if code == Command.RUN:
             I, O = p.input_size, p.outputs
             nb = (p.formats.input_bits + 7) // 8
-            if not payload or len(payload) % (I * nb):
+            if not payload or len(payload) % (I * nb) or len(payload) // (I * nb) * O * 4 > MAX_RESPONSE_PAYLOAD:
                 return self._respond(Status.BAD_LENGTH)
             if not self.model_ok:
                 return self._respond(Status.NO_MODEL)
-            x = np.array([int.from_bytes(payload[k:k + nb], "little", signed=True)
+            # Each element: nb bytes little-endian, of which the core takes the low input_bits (two's complement).
+            bits = p.formats.input_bits
+            x = np.array([_signed(int.from_bytes(payload[k:k + nb], "little") & ((1 << bits) - 1), bits)
                           for k in range(0, len(payload), nb)], dtype=np.int64).reshape(-1, I)
             k = x.shape[0]
             self.sequence.extend(x)
@@ -169,21 +201,3 @@ class ReferenceDevice:
             out = trace.logits[-k:, 0]
             return self._respond(Status.OK, struct.pack(f"<{k * O}i", *[int(v) for v in out.ravel()]))
         return self._respond(Status.UNKNOWN_COMMAND)
-
-    def _check_image(self, blob: bytes, announced: int) -> Status:
-        p = self.params
-        if len(blob) != announced:
-            return Status.IMAGE_LENGTH
-        try:
-            img = parse_image(blob)
-        except ImageError as e:
-            return _IMAGE_STATUS[e.kind]
-        if img.signature != hardware_signature(p):
-            return Status.IMAGE_SIGNATURE
-        expected = [(mem, lane) for lane in range(p.lanes) for mem in range(len(MEMORIES))]
-        if [(s.mem, s.lane) for s in img.sections] != expected:
-            return Status.IMAGE_SECTION
-        for s in img.sections:
-            if s.word_bits != p.mem_word_bits(s.mem) or len(s.words) > p.mem_depth(s.mem):
-                return Status.IMAGE_SECTION
-        return Status.OK

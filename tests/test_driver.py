@@ -7,7 +7,8 @@ import pytest
 
 from firmware.driver import DeviceTransport, EGRUDevice
 from firmware.image import build_image
-from firmware.protocol import Command, ProtocolError, Status, encode_request, FrameDecoder, RESPONSE_SOF
+from firmware.protocol import (STATUS_FORMAT, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, RESPONSE_SOF, Command, FrameDecoder,
+                               ProtocolError, Status, encode_request, encode_response)
 from firmware.reference import ReferenceDevice, model_from_words
 from hw.params import CoreParams
 from quantize import golden
@@ -89,7 +90,8 @@ def test_transfer_shorter_or_longer_than_announced():
     dev = EGRUDevice(DeviceTransport(ReferenceDevice(pa)))
     image = build_image(pb)
     dev.request(Command.LOAD_BEGIN, struct.pack("<BI", 0, len(image) + 5))
-    dev.request(Command.LOAD_DATA, image)
+    for k in range(0, len(image), MAX_PAYLOAD):
+        dev.request(Command.LOAD_DATA, image[k:k + MAX_PAYLOAD])
     with pytest.raises(ProtocolError) as e:
         dev.request(Command.LOAD_END)
     assert e.value.status == Status.IMAGE_LENGTH
@@ -97,3 +99,88 @@ def test_transfer_shorter_or_longer_than_announced():
     with pytest.raises(ProtocolError) as e:
         dev.request(Command.LOAD_DATA, image[:11])
     assert e.value.status == Status.IMAGE_LENGTH
+
+
+def test_oversize_header_answered_at_once_then_hunt():
+    _, pa, _, _ = compatible_pair()
+    ref = ReferenceDevice(pa)
+    header = bytes([0xA5, Command.RUN]) + struct.pack("<H", MAX_PAYLOAD + 1)
+    assert ref.receive(header[:3]) == b""
+    assert ref.receive(header[3:]) == encode_response(Status.BAD_LENGTH)
+    # The bytes after the header are hunted through for the next start byte.
+    assert ref.receive(b"\x01\x02" + encode_request(Command.STATUS)) == encode_response(
+        Status.OK, STATUS_FORMAT.pack(0, 1, Status.BAD_LENGTH, 0, 0, 0))
+    with pytest.raises(ValueError, match="exceeds the protocol's 256"):
+        encode_request(Command.LOAD_DATA, bytes(MAX_PAYLOAD + 1))
+
+
+def test_long_runs_split_into_frames():
+    a, pa, _, _ = compatible_pair()
+    sent = []
+
+    class Recorder(DeviceTransport):
+        def write(self, data):
+            sent.append(len(data) - 6)
+            super().write(data)
+
+    dev = EGRUDevice(Recorder(ReferenceDevice(pa)))
+    x = random_inputs(a, steps=150, seed=6)[0]
+    assert np.array_equal(dev.run(x), golden.run(a, x[:, None, :]).logits[:, 0])
+    runs = sent[1:]                      # after INFO
+    assert max(runs) <= MAX_PAYLOAD and sum(runs) == x.size and len(runs) == 3
+    # Each response (steps * outputs * 4 bytes) is longer than a request may be.
+    assert MAX_PAYLOAD // pa.input_size * pa.outputs * 4 > MAX_PAYLOAD
+
+
+def test_run_frame_errors_and_input_wrap():
+    a, pa, _, _ = compatible_pair()
+    ref = ReferenceDevice(pa)
+    dec = FrameDecoder(RESPONSE_SOF, max_payload=MAX_RESPONSE_PAYLOAD)
+    for payload in (b"", bytes(pa.input_size + 1)):
+        (resp,) = dec.feed(ref.receive(encode_request(Command.RUN, payload)))
+        assert resp.code == Status.BAD_LENGTH
+    # A device without a model refuses RUN until a load succeeds.
+    empty = ReferenceDevice(pa, model_at_reset=False)
+    (resp,) = dec.feed(empty.receive(encode_request(Command.RUN, bytes(pa.input_size))))
+    assert resp.code == Status.NO_MODEL
+    dev = EGRUDevice(DeviceTransport(empty))
+    dev.load(build_image(pa))
+    x = random_inputs(a, steps=2, seed=8)[0]
+    assert np.array_equal(dev.run(x), golden.run(a, x[:, None, :]).logits[:, 0])
+
+
+def test_load_begin_limits():
+    _, pa, _, pb = compatible_pair()
+    ref = ReferenceDevice(pa)
+    dec = FrameDecoder(RESPONSE_SOF)
+    codes = lambda req: [f.code for f in dec.feed(ref.receive(req))]
+    assert codes(encode_request(Command.LOAD_BEGIN, struct.pack("<BI", 1, 10))) == [Status.OK]
+    assert not ref.model_ok                     # write mode: the memories are being overwritten
+    # A bad mode or payload leaves the load in progress alone; a length above MAX_IMAGE cancels it.
+    assert codes(encode_request(Command.LOAD_BEGIN, struct.pack("<BI", 2, 10))) == [Status.BAD_LENGTH]
+    assert codes(encode_request(Command.LOAD_BEGIN, b"\x00")) == [Status.BAD_LENGTH]
+    assert ref.load is not None
+    assert codes(encode_request(Command.LOAD_BEGIN, struct.pack("<BI", 0, MAX_IMAGE + 1))) == [Status.IMAGE_LENGTH]
+    assert codes(encode_request(Command.LOAD_END)) == [Status.LOAD_SEQUENCE]
+    with pytest.raises(ValueError, match="exceeds the protocol's"):
+        EGRUDevice(DeviceTransport(ref)).load(bytes(MAX_IMAGE + 1))
+
+
+def test_chunk_must_fit_a_request():
+    _, pa, _, _ = compatible_pair()
+    with pytest.raises(ValueError, match="chunk must be 1 .. 256"):
+        EGRUDevice(DeviceTransport(ReferenceDevice(pa)), chunk=MAX_PAYLOAD + 1)
+    with pytest.raises(TypeError, match="chunk must be an integer"):
+        EGRUDevice(DeviceTransport(ReferenceDevice(pa)), chunk=12.5)
+    with pytest.raises(TypeError, match="model_at_reset must be a bool"):
+        ReferenceDevice(pa, model_at_reset=None)
+
+
+def test_status_reports_the_cycle_counters_it_is_given():
+    _, pa, _, _ = compatible_pair()
+    dev = EGRUDevice(DeviceTransport(ReferenceDevice(pa, counters=lambda: (1234, 56))))
+    status = dev.status()
+    assert (status["cycles"], status["step_cycles"], status["steps"]) == (1234, 56, 0)
+    assert EGRUDevice(DeviceTransport(ReferenceDevice(pa))).status()["cycles"] == 0
+    with pytest.raises(TypeError, match="counters must be a callable"):
+        ReferenceDevice(pa, counters=5)

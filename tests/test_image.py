@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.image import MAGIC, ImageError, build_image, hardware_signature, parse_image
+from firmware.image import (MAGIC, ImageChecker, ImageError, build_image, check_image, first_kind, hardware_signature,
+                            image_layout, parse_image)
 from hw.params import MEMORIES, CoreParams
 from quantize.random_model import random_model
 
@@ -60,3 +61,73 @@ def test_signature_tells_bitstreams_apart():
     a, b = params_for(hidden=(9, 6)), params_for(hidden=(10, 6))
     assert hardware_signature(a) != hardware_signature(b)
     assert hardware_signature(a) == hardware_signature(params_for(hidden=(9, 6)))
+
+
+# -- the streaming check a device runs (firmware.image.ImageChecker) ---------------------------------
+
+def _recrc(blob):
+    body = bytes(blob[:-4])
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_streaming_check_accepts_and_writes_every_word():
+    p = params_for()
+    checker = ImageChecker(image_layout(p))
+    writes = [w for w in (checker.feed(b) for b in build_image(p)) if w is not None]
+    assert first_kind(checker.finish()) is None and check_image(build_image(p), p) is None
+    expected = [(mem, lane, addr, word) for lane in range(p.lanes)
+                for mem, words in enumerate((p.weights[lane], p.row_ptr[lane], p.consts[lane], p.readout_bias[lane]))
+                for addr, word in enumerate(words)]
+    assert writes == expected
+
+
+def test_streaming_check_kinds_by_region():
+    p = params_for()
+    blob = build_image(p)
+    lay = image_layout(p)
+    F, H = len(lay.fixed), lay.header_length
+    assert len(lay.fixed) == 20 + 2 * p.layers + 11 + 2 and H == F + 12 * 4 * p.lanes
+
+    def flipped(pos):
+        b = bytearray(blob)
+        b[pos] ^= 0x04
+        return bytes(b)
+
+    def patched(pos, fmt, value):
+        b = bytearray(blob)
+        struct.pack_into(fmt, b, pos, value)
+        return _recrc(b)
+
+    cases = {
+        "magic": [flipped(0), flipped(3), blob[:3], b""],
+        "version": [patched(4, "<H", 2)],
+        "crc": [flipped(4 + 4), flipped(F + 5), flipped(H + 1), flipped(len(blob) - 1), blob[:-1], blob + b"\0"],
+        "signature": [patched(8, "<I", hardware_signature(p) ^ 1), patched(16, "<H", p.input_size + 1),
+                      build_image(params_for(hidden=(10, 6)))],
+        "section": [patched(6, "<H", H + 1), patched(F - 2, "<H", 4 * p.lanes - 1),
+                    patched(F + 12, "<B", 2),                              # section 1 claims memory 2
+                    patched(F + 4, "<I", p.mem_depth(0) + 1),              # more words than the memory
+                    patched(F + 8, "<I", H + 1),                           # data offset
+                    _recrc(blob[:-4] + b"\0\0" + blob[-4:])],              # goes past the end
+    }
+    for kind, blobs in cases.items():
+        for n, b in enumerate(blobs):
+            assert check_image(b, p) == kind, (kind, n)
+    # The priority when several apply: magic over crc, crc over signature and section.
+    assert check_image(flipped(1)[:-1], p) == "magic"
+    assert check_image(build_image(params_for(hidden=(10, 6)))[:-1], p) == "crc"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10 ** 6), st.data())
+def test_streaming_check_finds_any_flipped_bit(seed, data):
+    p = params_for(seed % 7)
+    blob = bytearray(build_image(p))
+    bit = data.draw(st.integers(0, 8 * len(blob) - 1))
+    blob[bit // 8] ^= 1 << (bit % 8)
+    assert check_image(bytes(blob), p) is not None
+
+
+def test_image_checker_needs_a_layout():
+    with pytest.raises(TypeError, match="layout must be an ImageLayout"):
+        ImageChecker(params_for())

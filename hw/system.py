@@ -1,0 +1,155 @@
+"""The accelerator as a board sees it: UART (8N1) <-> protocol bridge <-> EGRU core.
+
+::
+
+    rx pin --> UARTRx --> Bridge.rx     Bridge.core_i ----> EGRUCore.i
+    tx pin <-- UARTTx <-- Bridge.tx     Bridge.core_o <---- EGRUCore.o
+                                        Bridge.core_ctl/core_status/core_cfg <-> EGRUCore
+
+The bridge (:mod:`hw.bridge`) executes the host protocol of docs/protocol.md; a board top
+level adds only clocks, pins and LEDs (:mod:`boards`).
+"""
+
+import math
+import numbers
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .bridge import Bridge
+from .core import EGRUCore
+from .lane import WEIGHT_RAMS
+from .params import CoreParams
+from .uart import UARTRx, UARTTx, check_divisor
+
+__all__ = ["EGRUSystem", "MAX_BAUD_ERROR", "ACTIVITY_HOLD_S", "uart_divisor"]
+
+#: Largest relative difference between the requested and the generated baud rate. An 8N1
+#: receiver sampling mid-bit tolerates about 5% between both ends; 2% leaves the host its share.
+MAX_BAUD_ERROR = 0.02
+#: How long (s) leds[1] stays lit after a byte moved, so that a short frame is visible.
+ACTIVITY_HOLD_S = 0.04
+
+
+def _positive_number(name: str, value) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, not {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, not {value!r}")
+    return value
+
+
+def uart_divisor(clk_hz, baud) -> int:
+    """Clock cycles per UART bit, ``round(clk_hz / baud)``, checked against the UART's
+    minimum and :data:`MAX_BAUD_ERROR`. ``clk_hz`` and ``baud`` in Hz and bit/s."""
+    _positive_number("clk_hz", clk_hz)
+    _positive_number("baud", baud)
+    divisor = round(clk_hz / baud)
+    try:
+        check_divisor(divisor)
+    except ValueError as e:
+        raise ValueError(f"clk_hz {clk_hz:g} Hz / baud {baud:g} gives {divisor} clock cycles per bit, too few "
+                         f"for the UART ({e})") from None
+    actual = clk_hz / divisor
+    error = abs(actual - baud) / baud
+    if error > MAX_BAUD_ERROR:
+        raise ValueError(f"clk_hz {clk_hz:g} Hz with {divisor} clock cycles per bit gives {actual:.1f} baud, "
+                         f"{error:.2%} off the requested {baud:g} (at most {MAX_BAUD_ERROR:.0%})")
+    return divisor
+
+
+class EGRUSystem(wiring.Component):
+    """UART (8N1) <-> Bridge <-> EGRUCore: everything a board top level needs besides clocks and pins.
+
+    Args:
+        params: The core (shapes, formats, initial memory contents).
+        clk_hz: Frequency of the ``sync`` clock, in Hz.
+        baud: UART bit rate, in bit/s; the UART divides ``clk_hz`` by ``round(clk_hz / baud)``.
+        weight_ram: Where the weights live, passed to :class:`~hw.core.EGRUCore`: ``"inferred"``
+            (block RAM initialised by the bitstream) or ``"ice40_spram"`` (iCE40 UP5K SPRAM,
+            which the bitstream cannot initialise).
+        model_at_reset: Whether the bitstream's memory contents are a valid model, so RUN
+            works right after configuration; ``None``: only when the weights are inferred
+            block RAM (SPRAM starts empty and needs an image over the UART first).
+
+    Members:
+        rx: UART line into the FPGA (idle high), asynchronous to the clock.
+        tx: UART line out of the FPGA (idle high).
+        leds: ``leds[0]`` a valid model is loaded; ``leds[1]`` activity: the core is busy, a
+            load is in progress, or a byte moved on the UART within the last
+            ``ACTIVITY_HOLD_S`` seconds; ``leds[2]`` the bridge reports an error.
+
+    Attributes:
+        divisor: Clock cycles per UART bit.
+        baud_actual: The generated bit rate, ``clk_hz / divisor``.
+    """
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+    leds: Out(3)
+
+    def __init__(self, params: CoreParams, *, clk_hz, baud=115200, weight_ram: str = "inferred",
+                 model_at_reset: bool | None = None):
+        try:
+            if not isinstance(params, CoreParams):
+                raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
+            self.divisor = uart_divisor(clk_hz, baud)
+            if not isinstance(weight_ram, str):
+                raise TypeError(f"weight_ram must be a string, not {weight_ram!r}")
+            if weight_ram not in WEIGHT_RAMS:
+                raise ValueError(f"weight_ram must be one of {', '.join(map(repr, WEIGHT_RAMS))}, "
+                                 f"not {weight_ram!r}")
+            if model_at_reset is None:
+                model_at_reset = weight_ram == "inferred"
+            elif not isinstance(model_at_reset, bool):
+                raise TypeError(f"model_at_reset must be True, False or None, not {model_at_reset!r}")
+            if model_at_reset and weight_ram == "ice40_spram":
+                raise ValueError("model_at_reset=True needs weights the bitstream initialises; "
+                                 "weight_ram='ice40_spram' starts empty")
+        except (TypeError, ValueError):
+            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
+            raise
+        self.params = params
+        self.clk_hz = clk_hz
+        self.baud = baud
+        self.baud_actual = clk_hz / self.divisor
+        self.weight_ram = weight_ram
+        self.model_at_reset = model_at_reset
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = uart_rx = UARTRx(divisor=self.divisor)
+        m.submodules.uart_tx = uart_tx = UARTTx(divisor=self.divisor)
+        m.submodules.bridge = bridge = Bridge(self.params, model_at_reset=self.model_at_reset)
+        m.submodules.core = core = EGRUCore(self.params, weight_ram=self.weight_ram)
+
+        # UARTRx passes the asynchronous line through its own two flip-flops
+        # (hw/uart.py, rx_sync) before anything looks at it.
+        m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
+        wiring.connect(m, uart_rx.o, bridge.rx)
+        wiring.connect(m, bridge.tx, uart_tx.i)
+        wiring.connect(m, bridge.core_i, core.i)
+        wiring.connect(m, core.o, bridge.core_o)
+        wiring.connect(m, bridge.core_ctl, core.ctl)
+        wiring.connect(m, core.status, bridge.core_status)
+        wiring.connect(m, bridge.core_cfg, core.cfg)
+
+        # Activity: a retriggered countdown, reloaded by every byte in either direction.
+        hold = max(1, math.ceil(ACTIVITY_HOLD_S * self.clk_hz))
+        act_count = Signal(range(hold + 1))
+        act_byte = Signal()
+        # Registered: the transmit handshake is the end of the bridge's response logic, and
+        # an LED does not need it in the same cycle (this was the longest path on the iCE40).
+        m.d.sync += act_byte.eq((uart_rx.o.valid & uart_rx.o.ready) | (uart_tx.i.valid & uart_tx.i.ready))
+        with m.If(act_byte):
+            m.d.sync += act_count.eq(hold)
+        with m.Elif(act_count != 0):
+            m.d.sync += act_count.eq(act_count - 1)
+
+        m.d.comb += [
+            self.leds[0].eq(bridge.model_ok),
+            self.leds[1].eq(core.status.busy | bridge.loading | (act_count != 0)),
+            self.leds[2].eq(bridge.error),
+        ]
+        return m
