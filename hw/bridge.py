@@ -146,17 +146,18 @@ class Bridge(wiring.Component):
         m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         buf_w = buf.write_port()
         buf_r = buf.read_port(transparent_for=())
-        # Constants (block RAM: as logic it would cost ~90 LUTs): the INFO payload backwards at
+        # Constants (in logic, ~90 LUTs: on the iCE40 UP5K at one lane every block RAM is taken
+        # by the core, and logic cells are not the scarce resource there): the INFO payload backwards at
         # 1 .. len(info) (addressed by the remaining response length), then from `hdr_base` the
         # expected fixed image header with, per byte, the flag its mismatch raises.
         hdr_base = 1 << len(info).bit_length()
         rom_init = [0] + list(reversed(info)) + [0] * (hdr_base - len(info) - 1)
         rom_init += [b | _KIND_CODE[k] << 8 for b, k in zip(layout.fixed, layout.fixed_kinds)]
         m.submodules.rom = rom = Memory(shape=10, depth=len(rom_init), init=rom_init,
-                                        attrs={"ram_style": "block", "rom_style": "block"})
+                                        attrs={"ram_style": "logic", "rom_style": "logic"})
         rom_r = rom.read_port()
-        # Word count of each section, from the section table (a memory, not 4*lanes registers).
-        m.submodules.counts = counts = Memory(shape=W, depth=max(2, S), init=[], attrs={"ram_style": "block"})
+        # Word count of each section, from the section table (in logic too, for the same reason).
+        m.submodules.counts = counts = Memory(shape=W, depth=max(2, S), init=[], attrs={"ram_style": "logic"})
         cnt_w = counts.write_port()
         cnt_r = counts.read_port(transparent_for=())
 

@@ -255,15 +255,24 @@ class EGRUCore(wiring.Component):
             m.d.sync += [p_valid.eq(1), p_value.eq(s_value), p_kind.eq(cur_kind), p_layer.eq(layer)]
         with m.Elif(i_take | p_empty):
             m.d.sync += p_valid.eq(0)
-        # Cycles the event occupies: the longest lane share.
+        # Cycles the event occupies: the longest lane share, as a tree of comparisons (it only
+        # feeds the i_count register). Whether the row is empty comes from an OR of the
+        # lengths, not from the maximum: it steers the handshake back to the event walker,
+        # and that path, from the row-pointer memory outputs, was the longest on the ECP5.
         p_max = Signal(p.len_bits + 1)
         lens = [lane.ptr_len for lane in lanes]
-        running = Const(0, p.len_bits + 1)
-        for k, ln in enumerate(lens):
-            nxt = Signal(p.len_bits + 1, name=f"p_max{k}")
-            m.d.comb += nxt.eq(Mux(ln > running, ln, running))
-            running = nxt
-        m.d.comb += [p_max.eq(running), p_empty.eq(p_valid & (running == 0))]
+        level = 0
+        while len(lens) > 1:
+            nxt = []
+            for k in range(0, len(lens) - 1, 2):
+                a, b = lens[k], lens[k + 1]
+                mx = Signal(p.len_bits, name=f"p_max_{level}_{k // 2}")
+                m.d.comb += mx.eq(Mux(a > b, a, b))
+                nxt.append(mx)
+            if len(lens) % 2:
+                nxt.append(lens[-1])
+            lens, level = nxt, level + 1
+        m.d.comb += [p_max.eq(lens[0]), p_empty.eq(p_valid & ~Cat(*[lane.ptr_len for lane in lanes]).any())]
         for lane in lanes:
             m.d.comb += [lane.load.eq(i_take), lane.advance.eq(i_active), lane.ev_value.eq(i_value),
                          lane.ev_kind.eq(i_kind), lane.ev_layer.eq(i_layer)]

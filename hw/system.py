@@ -23,13 +23,16 @@ from .lane import WEIGHT_RAMS
 from .params import CoreParams
 from .uart import UARTRx, UARTTx, check_divisor
 
-__all__ = ["EGRUSystem", "MAX_BAUD_ERROR", "ACTIVITY_HOLD_S", "uart_divisor"]
+__all__ = ["EGRUSystem", "MAX_BAUD_ERROR", "ACTIVITY_HOLD_S", "ACTIVITY_PRESCALE", "uart_divisor"]
 
 #: Largest relative difference between the requested and the generated baud rate. An 8N1
 #: receiver sampling mid-bit tolerates about 5% between both ends; 2% leaves the host its share.
 MAX_BAUD_ERROR = 0.02
 #: How long (s) leds[1] stays lit after a byte moved, so that a short frame is visible.
 ACTIVITY_HOLD_S = 0.04
+#: The activity countdown counts ticks of this many cycles (the LED stays lit between
+#: ACTIVITY_HOLD_S and ACTIVITY_HOLD_S plus two ticks).
+ACTIVITY_PRESCALE = 1 << 12
 
 
 def _positive_number(name: str, value) -> float:
@@ -135,16 +138,21 @@ class EGRUSystem(wiring.Component):
         wiring.connect(m, core.status, bridge.core_status)
         wiring.connect(m, bridge.core_cfg, core.cfg)
 
-        # Activity: a retriggered countdown, reloaded by every byte in either direction.
-        hold = max(1, math.ceil(ACTIVITY_HOLD_S * self.clk_hz))
+        # Activity: a retriggered countdown of ACTIVITY_HOLD_S, reloaded by every byte in either
+        # direction. It counts prescaler ticks (every ACTIVITY_PRESCALE cycles) so that the countdown is a
+        # short counter: a 20-bit reloadable countdown was the longest path on the iCE40.
+        prescale = Signal(range(ACTIVITY_PRESCALE))
+        tick = Signal()
+        m.d.sync += [prescale.eq(prescale + 1), tick.eq(prescale == ACTIVITY_PRESCALE - 1)]
+        hold = max(1, math.ceil(ACTIVITY_HOLD_S * self.clk_hz / ACTIVITY_PRESCALE))
         act_count = Signal(range(hold + 1))
         act_byte = Signal()
         # Registered: the transmit handshake is the end of the bridge's response logic, and
-        # an LED does not need it in the same cycle (this was the longest path on the iCE40).
+        # an LED does not need it in the same cycle.
         m.d.sync += act_byte.eq((uart_rx.o.valid & uart_rx.o.ready) | (uart_tx.i.valid & uart_tx.i.ready))
         with m.If(act_byte):
             m.d.sync += act_count.eq(hold)
-        with m.Elif(act_count != 0):
+        with m.Elif(tick & (act_count != 0)):
             m.d.sync += act_count.eq(act_count - 1)
 
         m.d.comb += [

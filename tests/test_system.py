@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from firmware.protocol import RESPONSE_SOF, Command, FrameDecoder, Status, encode_request
 from firmware.reference import ReferenceDevice, info_payload
 from hw.params import CoreParams
-from hw.system import ACTIVITY_HOLD_S, EGRUSystem, uart_divisor
+from hw.system import ACTIVITY_HOLD_S, ACTIVITY_PRESCALE, EGRUSystem, uart_divisor
 from quantize.random_model import random_model
 
 
@@ -77,7 +77,9 @@ def test_info_request_at_the_bit_level(params):
     expected = [reference.receive(r) for r in requests]
     received = [bytearray() for _ in requests]
     leds = []
-    hold = math.ceil(ACTIVITY_HOLD_S * clk_hz)
+    # The longest the LED can stay lit: the hold rounded up to whole prescaler ticks, plus
+    # the tick in progress.
+    hold = (math.ceil(ACTIVITY_HOLD_S * clk_hz / ACTIVITY_PRESCALE) + 1) * ACTIVITY_PRESCALE + 2
 
     async def host(ctx):
         ctx.set(system.rx, 1)
