@@ -288,8 +288,10 @@ def cmd_run(args) -> int:
         raise UserError(f"{args.image}: {e}") from None
     try:
         x = np.load(args.inputs, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:   # EOFError: an empty file
         raise UserError(f"cannot read inputs {args.inputs}: {e}") from None
+    if not isinstance(x, np.ndarray):
+        raise UserError(f"{args.inputs}: expected one array (.npy), not an archive of several")
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.shape[2] != image.inputs or x.dtype.kind not in "iu":
@@ -314,6 +316,62 @@ def cmd_run(args) -> int:
     else:
         for n, seq in enumerate(result):
             print(f"sequence {n}: last step {seq[-1].tolist()}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from boards.build import BuildError, FitError
+    from egru_accel.demo import MismatchError, check_options, format_summary, run_demo
+    # Every check that can fail fast before the training starts.
+    if shutil.which("iverilog") is None:
+        raise UserError("Icarus Verilog is not installed (apt-get install iverilog, or run scripts/setup.sh)")
+    try:
+        check_options(samples=args.samples, epochs=args.epochs, board=args.board, build=not args.no_build,
+                      lanes=args.lanes)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+    try:
+        with output_directory(args.out) as tmp:
+            report = run_demo(tmp, samples=args.samples, epochs=args.epochs, board=args.board,
+                              build=not args.no_build, lanes=args.lanes, progress=not args.quiet)
+    except MismatchError as e:
+        # A hardware bug, not a bad request: status 1, like `sim` with mismatches.
+        print(f"egru-accel: error: {e}", file=sys.stderr)
+        return 1
+    except (BuildError, FitError) as e:
+        # The model does not fit, timing was missed or a tool failed: as the build command says it.
+        raise UserError(str(e)) from None
+    if not args.quiet:
+        print(format_summary(report))
+        print(f"wrote {args.out}: report.json, activity.png, cycles_vs_events.png, model.npz, model.img, verilog/"
+              + (f", build_{args.board}/" if not args.no_build else ""))
+    return 0
+
+
+def cmd_build(args) -> int:
+    from boards.boards import get_board
+    from boards.build import BuildError, FitError, build
+    # Every check that can fail fast before anything runs.
+    try:
+        board = get_board(args.board)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.freq is not None and not (math.isfinite(args.freq) and args.freq > 0):
+        raise UserError(f"--freq must be a positive number of MHz, not {args.freq}")
+    model = load_model(args.model)
+    progress = (lambda line: None) if args.quiet else None
+    try:
+        with output_directory(args.out) as tmp:
+            report = build(board.name, model, tmp, lanes=args.lanes, freq_mhz=args.freq, progress=progress)
+    except (BuildError, FitError) as e:
+        raise UserError(str(e)) from None
+    if not args.quiet:
+        util = ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in report["utilisation"].items()
+                         if v["used"] and k in report["fit_estimate"])
+        lanes = f"{report['lanes']} lane{'s' if report['lanes'] != 1 else ''}"
+        print(f"{report['board']} ({report['device']}): {lanes} at {report['pll_mhz']:g} MHz, "
+              f"post-route Fmax {report['fmax_mhz']:.2f} MHz; {util}; {report['seconds']['total']:.0f} s")
+        print(f"wrote {os.path.join(args.out, report['bitstream'])}, report.json and logs/")
     return 0
 
 
@@ -448,6 +506,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=_positive_int, default=115200)
     p.add_argument("--out", metavar="FILE", help="write the outputs [N, T, O] as .npy")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole pipeline on digits: train, simulate, build, summary and plots",
+                       description="Train on digits, prune, quantize, pack, generate the Verilog and the model "
+                                   "image, check a subset of the test split in cocotb against the golden model, "
+                                   "build the board's bitstream, and write DIR/report.json, DIR/activity.png and "
+                                   "DIR/cycles_vs_events.png; print a summary. Exit status 1 if the RTL differs "
+                                   "from the golden model.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--samples", type=_positive_int, default=None, metavar="K",
+                   help="test sequences to simulate in cocotb (default: about a minute or two of simulation)")
+    p.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+                   help=f"training epochs (default: {d.epochs})")
+    from boards.boards import BOARDS as demo_boards
+    p.add_argument("--board", default="icebreaker", metavar="B",
+                   help=f"board to build for, one of: {', '.join(demo_boards)} (default: %(default)s)")
+    p.add_argument("--lanes", type=_positive_int, default=None, metavar="P",
+                   help="lanes (default: the most that fit the board)")
+    p.add_argument("--no-build", action="store_true", help="skip the bitstream build (no resources or Fmax)")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary")
+    p.set_defaults(func=cmd_demo)
+
+    from boards.boards import BOARDS
+    p = sub.add_parser("build", help="build the bitstream for a board with the YoWASP tools",
+                       description="Check that the model fits the board, build the board's top level (PLL, "
+                                   "UART bridge, core, LEDs) with yosys and nextpnr (YoWASP, from PyPI), and write "
+                                   "DIR/report.json (lanes, Fmax, utilisation, seconds per stage), the bitstream "
+                                   "and DIR/logs/. Exit status 2 if the model does not fit or timing is missed.")
+    p.add_argument("--board", required=True, metavar="BOARD", help=f"one of: {', '.join(BOARDS)}")
+    p.add_argument("--model", required=True, metavar="M", help="quantized model (model.npz)")
+    p.add_argument("--lanes", type=_positive_int, default=None, metavar="P",
+                   help="parallel lanes (default: the most that fit the board)")
+    p.add_argument("--freq", type=float, default=None, metavar="MHZ",
+                   help="clock frequency in MHz (default: the board's, 24 on the iCEBreaker, 50 on the ULX3S)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("eval", help="golden-model accuracy and MACs of a quantized model on its task")
     p.add_argument("--model", required=True, metavar="M", help="quantized model (model.npz)")

@@ -41,8 +41,14 @@ def model_inputs(model: QuantModel, *, samples: int | None, steps: int | None, s
 
 def simulate(model: QuantModel, *, lanes: int, sequences: np.ndarray, labels=None, build_dir: str,
              stall_probability: float = 0.0, seed: int = 0, waves: bool = False, dense: bool = False,
-             chunk: int = 25, progress: bool = True) -> dict:
-    """Run ``sequences`` [N, T, I] through the core and return the report dictionary."""
+             chunk: int = 25, progress: bool = True, detail: dict | None = None) -> dict:
+    """Run ``sequences`` [N, T, I] through the core and return the report dictionary.
+
+    If ``detail`` is a dict, it receives the per-step figures behind the report's means:
+    ``step_cycles`` and ``ideal_cycles`` (float64 arrays [N, T], clock cycles of each step of
+    each sequence, measured and ideal), ``dense_step_cycles`` (the dense baseline's measured
+    steps) and ``trace`` (the golden model's :class:`~quantize.golden.GoldenTrace` [T, N]).
+    """
     from tqdm import tqdm
 
     from .cocotb_core import run_sequences
@@ -98,6 +104,10 @@ def simulate(model: QuantModel, *, lanes: int, sequences: np.ndarray, labels=Non
         "seconds": time.monotonic() - t0,
     }
     report["cycle_ratio_over_mac_ratio"] = report["cycle_ratio"] / report["mac_ratio"]
+    if detail is not None:
+        # cycles is sequence-major (all steps of sequence 0, then 1, ...); ideal is [T, N].
+        detail.update(step_cycles=cyc.reshape(N, T), ideal_cycles=np.ascontiguousarray(ideal.T, dtype=np.float64),
+                      dense_step_cycles=np.array(dense_cycles, dtype=np.int64), trace=trace)
     if labels is not None:
         pred = np.array([np.argmax(o[-1]) for o in outputs])
         report["rtl_accuracy"] = float(np.mean(pred == labels[:len(pred)]))

@@ -203,3 +203,16 @@ def test_image_and_run_errors(random_model_file, tmp_path, capsys):
     code, _, err = run(["run", "--port", "/dev/null", "--image", str(tmp_path / "m.img"),
                         "--inputs", str(tmp_path / "f.npy")], capsys)
     assert code == 2 and "inputs must be integers [T, 5]" in err
+
+
+def test_run_with_unreadable_inputs(random_model_file, tmp_path, capsys):
+    import numpy as np
+    code, _, err = run(["image", "--model", str(random_model_file), "--lanes", "2", "--out",
+                        str(tmp_path / "m.img"), "--quiet"], capsys)
+    assert code == 0, err
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.savez(tmp_path / "two.npz", a=np.zeros(2), b=np.zeros(2))
+    for name, message in (("empty.npy", "cannot read inputs"), ("two.npz", "not an archive")):
+        code, _, err = run(["run", "--port", "/dev/null", "--image", str(tmp_path / "m.img"),
+                            "--inputs", str(tmp_path / name)], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err

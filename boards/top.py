@@ -1,0 +1,177 @@
+"""Board top level: the board's oscillator through a PLL, a reset held until the PLL locks,
+the accelerator system (:class:`hw.system.EGRUSystem`) on the board's UART pins, three LEDs.
+
+::
+
+    oscillator --> PLL (SB_PLL40_PAD / EHXPLLL) --> sync clock
+                    LOCK --> ResetGenerator ------> sync reset
+    uart.rx pin --> EGRUSystem.rx      EGRUSystem.tx --> uart.tx pin
+                    EGRUSystem.leds --> LEDs (model loaded, activity, error)
+
+The clock constraint handed to nextpnr is the PLL's actual output frequency.
+"""
+
+import math
+import numbers
+from dataclasses import dataclass
+from fractions import Fraction
+
+from amaranth.hdl import ClockDomain, Const, DomainRenamer, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from .boards import Board, get_board
+from .pll import ECP5PLL, ICE40PLL, PLLError, ecp5_pll, ice40_pll
+
+__all__ = ["BoardTop", "ClockPlan", "ResetGenerator", "plan_clock", "RESET_HOLD_S"]
+
+#: How long the reset stays asserted after the PLL locks, in seconds. The iCE40's block RAMs
+#: read wrong data for about 3 us after configuration (Amaranth's own iCE40 clock domain waits
+#: 15 us for the same reason); the hold also keeps the design in reset while the clock settles.
+RESET_HOLD_S = 15e-6
+
+
+@dataclass(frozen=True)
+class ClockPlan:
+    """How a board makes the ``sync`` clock: ``pll`` (None: the oscillator directly) and the
+    resulting frequency ``f_mhz`` (exact)."""
+    board: Board
+    target_mhz: float
+    pll: ICE40PLL | ECP5PLL | None
+    f_mhz: Fraction
+
+    @property
+    def f_hz(self) -> float:
+        return float(self.f_mhz) * 1e6
+
+
+def plan_clock(board, freq_mhz=None) -> ClockPlan:
+    """The clock of ``board`` at ``freq_mhz`` (default: the board's default target):
+    the oscillator itself when the target equals it, else the PLL (:class:`PLLError` if it
+    cannot produce the target)."""
+    board = get_board(board)
+    if freq_mhz is None:
+        freq_mhz = board.default_mhz
+    if isinstance(freq_mhz, bool) or not isinstance(freq_mhz, numbers.Real):
+        raise TypeError(f"freq_mhz must be a frequency in MHz, not {freq_mhz!r}")
+    if not (math.isfinite(freq_mhz) and freq_mhz > 0):
+        raise ValueError(f"freq_mhz must be a positive frequency in MHz, not {freq_mhz}")
+    if Fraction(str(freq_mhz)) == Fraction(str(board.clock_mhz)):
+        return ClockPlan(board=board, target_mhz=freq_mhz, pll=None, f_mhz=Fraction(str(board.clock_mhz)))
+    make = {"ice40": ice40_pll, "ecp5": ecp5_pll}[board.family]
+    try:
+        pll = make(board.clock_mhz, freq_mhz)
+    except PLLError as e:
+        raise PLLError(f"{board.name}: {e}") from None
+    return ClockPlan(board=board, target_mhz=freq_mhz, pll=pll, f_mhz=pll.f_out)
+
+
+class ResetGenerator(wiring.Component):
+    """Synchronous reset for the domain it runs in, held while ``locked`` is low and for
+    ``hold_cycles`` cycles after it rises.
+
+    Runs in ``sync`` (rename it into a reset-less domain on the same clock: it must not be
+    reset by the reset it makes). ``locked`` is asynchronous (a PLL's LOCK) and passes two
+    flip-flops first. ``rst`` is a register output, so it has no glitches.
+    """
+    locked: In(1)
+    rst: Out(1, init=1)
+
+    def __init__(self, *, hold_cycles: int):
+        if isinstance(hold_cycles, bool) or not isinstance(hold_cycles, int):
+            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
+            raise TypeError(f"hold_cycles must be an integer number of clock cycles, not {hold_cycles!r}")
+        if hold_cycles < 1:
+            self._MustUse__silence = True
+            raise ValueError(f"hold_cycles must be at least 1, not {hold_cycles}")
+        self.hold_cycles = hold_cycles
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        rg_locked = Signal()
+        m.submodules.rg_sync = FFSynchronizer(self.locked, rg_locked, init=0)
+        rg_count = Signal(range(self.hold_cycles + 1))
+        with m.If(~rg_locked):
+            m.d.sync += rg_count.eq(0)     # lock lost: start the hold again
+        with m.Elif(rg_count != self.hold_cycles):
+            m.d.sync += rg_count.eq(rg_count + 1)
+        m.d.sync += self.rst.eq(~rg_locked | (rg_count != self.hold_cycles))
+        return m
+
+
+class BoardTop(Elaboratable):
+    """Top level of ``board`` (name or :class:`~boards.boards.Board`) for the core ``params``.
+
+    Args:
+        board: Board name (see :data:`boards.boards.BOARDS`).
+        params: :class:`hw.params.CoreParams` of the accelerator.
+        freq_mhz: Target frequency of the accelerator clock in MHz (default: the board's).
+        baud: UART bit rate in bit/s.
+
+    Attributes: ``clock`` (:class:`ClockPlan`), ``system`` (the :class:`hw.system.EGRUSystem`).
+    """
+
+    def __init__(self, board, params, *, freq_mhz=None, baud: int = 115200):
+        from hw.params import CoreParams
+        from hw.system import EGRUSystem
+        try:
+            if not isinstance(params, CoreParams):
+                raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
+            self.board = get_board(board)
+            self.params = params
+            self.clock = plan_clock(self.board, freq_mhz)
+            self.system = EGRUSystem(params, clk_hz=self.clock.f_hz, baud=baud, weight_ram=self.board.weight_ram)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
+            raise
+
+    def elaborate(self, platform):
+        m = Module()
+        board, plan = self.board, self.clock
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        # The reset generator's own domain: same clock, no reset (it makes the reset).
+        m.domains.por = cd_por = ClockDomain("por", reset_less=True)
+        locked = Signal()
+        # The clock net under a name of the top level, for the timing constraint.
+        clk = Signal(name="clk_sync")
+
+        if plan.pll is None:
+            m.submodules.clk_buf = clk_in = io.Buffer("i", platform.request(board.clock, 0, dir="-"))
+            m.d.comb += [clk.eq(clk_in.i), locked.eq(1)]
+        elif board.family == "ice40":
+            # SB_PLL40_PAD takes the oscillator straight from its package pin (on the iCEBreaker
+            # the 12 MHz pin is the PLL's pad), so the pin is requested without a buffer.
+            clk_pin = platform.request(board.clock, 0, dir="-")
+            params = {f"p_{k}": v for k, v in plan.pll.parameters().items()}
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD", **params,
+                i_PACKAGEPIN=clk_pin.io, i_RESETB=Const(1), i_BYPASS=Const(0),
+                o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        else:
+            m.submodules.clk_buf = clk_in = io.Buffer("i", platform.request(board.clock, 0, dir="-"))
+            params = {f"p_{k}": v for k, v in plan.pll.parameters().items()}
+            attrs = {f"a_{k}": v for k, v in plan.pll.attributes().items()}
+            m.submodules.pll = Instance(
+                "EHXPLLL", **params, **attrs,
+                i_CLKI=clk_in.i, i_CLKFB=clk, i_RST=Const(0), i_STDBY=Const(0),
+                i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1), i_PHASESTEP=Const(1),
+                i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0),
+                o_CLKOP=clk, o_LOCK=locked)
+        m.d.comb += [cd_sync.clk.eq(clk), cd_por.clk.eq(clk)]
+        platform.add_clock_constraint(clk, plan.f_hz)
+
+        hold = max(1, math.ceil(RESET_HOLD_S * plan.f_hz))
+        m.submodules.reset = reset = DomainRenamer("por")(ResetGenerator(hold_cycles=hold))
+        m.d.comb += [reset.locked.eq(locked), cd_sync.rst.eq(reset.rst)]
+
+        m.submodules.system = system = self.system
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = uart_rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = uart_tx = io.Buffer("o", uart.tx)
+        m.d.comb += [system.rx.eq(uart_rx.i), uart_tx.o.eq(system.tx)]
+        for k, (name, number) in enumerate(board.leds):
+            m.submodules[f"led{k}"] = led = io.Buffer("o", platform.request(name, number, dir="-"))
+            m.d.comb += led.o.eq(system.leds[k])
+        return m
