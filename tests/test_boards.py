@@ -347,6 +347,19 @@ def test_default_lanes_is_the_largest_that_fits():
         default_lanes("ulx3s-25f", "model.npz")
 
 
+def test_default_lanes_stay_within_the_logic_budget():
+    from boards.fit import DEFAULT_LOGIC_BUDGET, get_board
+    # On the 85F every memory and multiplier count of this model fits up to 64 lanes: the
+    # logic budget is what stops the default.
+    model = random_model(inputs=4, hidden=[64], outputs=3, weight_sparsity=0.8, seed=2)
+    board = get_board("ulx3s-85f")
+    lanes = default_lanes(board, model)
+    logic = check_fit(board, CoreParams.from_model(model, lanes=lanes)).needed[board.logic_resource]
+    assert lanes == 1 or logic <= DEFAULT_LOGIC_BUDGET
+    bigger = check_fit(board, CoreParams.from_model(model, lanes=2 * lanes))
+    assert bigger.fits and bigger.needed[board.logic_resource] > DEFAULT_LOGIC_BUDGET
+
+
 # -- CLI -----------------------------------------------------------------------------------
 
 def test_cli_errors_leave_no_directory(tmp_path, capsys, tiny_model_path, big_model_path):
