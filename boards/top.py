@@ -8,7 +8,7 @@ the accelerator system (:class:`hw.system.EGRUSystem`) on the board's UART pins,
     uart.rx pin --> EGRUSystem.rx      EGRUSystem.tx --> uart.tx pin
                     EGRUSystem.leds --> LEDs (model loaded, activity, error)
 
-The clock constraint handed to nextpnr is the PLL's actual output frequency.
+The clock constraint nextpnr checks is the PLL's actual output frequency.
 """
 
 import math
@@ -134,7 +134,7 @@ class BoardTop(Elaboratable):
         # The reset generator's own domain: same clock, no reset (it makes the reset).
         m.domains.por = cd_por = ClockDomain("por", reset_less=True)
         locked = Signal()
-        # The clock net under a name of the top level, for the timing constraint.
+        # The clock net under a name of the top level, for the iCE40 timing constraint.
         clk = Signal(name="clk_sync")
 
         if plan.pll is None:
@@ -160,7 +160,11 @@ class BoardTop(Elaboratable):
                 i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0),
                 o_CLKOP=clk, o_LOCK=locked)
         m.d.comb += [cd_sync.clk.eq(clk), cd_por.clk.eq(clk)]
-        platform.add_clock_constraint(clk, plan.f_hz)
+        if board.family == "ice40" and plan.pll is not None:
+            platform.add_clock_constraint(clk, plan.f_hz)
+        # Otherwise nextpnr derives the constraint: from the oscillator pin's constraint without
+        # a PLL, and on ECP5 from the PLL's FREQUENCY_PIN_CLKOP attribute (nextpnr-ecp5 finds a
+        # net constraint only under the net's final name, which synthesis chooses).
 
         hold = max(1, math.ceil(RESET_HOLD_S * plan.f_hz))
         m.submodules.reset = reset = DomainRenamer("por")(ResetGenerator(hold_cycles=hold))
