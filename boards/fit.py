@@ -447,10 +447,10 @@ def estimate(board, inventory: dict, lanes: int, *, baselines: dict | None = Non
 def system_rtlil(board, params, *, clk_hz: float | None = None) -> str:
     """RTLIL of the ``EGRUSystem`` a board top level wraps (what the fit is checked on)."""
     from amaranth.back import rtlil
-    from hw.system import EGRUSystem
+    from egru_accel.hw.system import EGRUSystem
     board = get_board(board)
     clk_hz = board.default_mhz * 1e6 if clk_hz is None else clk_hz
-    system = EGRUSystem(params, clk_hz=clk_hz, weight_ram=board.weight_ram)
+    system = EGRUSystem(params.replace_config(clk_hz=clk_hz, weight_ram=board.weight_ram))
     return rtlil.convert(system, name="system", emit_src=False)
 
 
@@ -475,21 +475,17 @@ def check_fit(board, params, *, clk_hz: float | None = None, rtlil_text: str | N
 DEFAULT_LOGIC_BUDGET = 13000
 
 
-def default_lanes(board, model_or_params, *, baselines: dict | None = None) -> int:
+def default_lanes(board, model, *, baselines: dict | None = None) -> int:
     """The largest P in 1, 2, 4, 8, ... (at most the smallest layer) whose core fits ``board``
     and, beyond one lane, needs at most :data:`DEFAULT_LOGIC_BUDGET` logic cells.
 
     Raises :class:`FitError` (the figures for one lane) when not even one lane fits.
     """
-    from hw.params import CoreParams
-    from quantize.model import QuantModel
+    from egru_accel.hw.params import CoreParams
+    from egru_accel.quantize.model import QuantModel
     board = get_board(board)
-    if isinstance(model_or_params, CoreParams):
-        model = model_or_params.model
-    elif isinstance(model_or_params, QuantModel):
-        model = model_or_params
-    else:
-        raise TypeError(f"model_or_params must be a QuantModel or CoreParams, not {type(model_or_params).__name__}")
+    if not isinstance(model, QuantModel):
+        raise TypeError(f"model must be a QuantModel, not {type(model).__name__}")
     smallest = min(layer.hidden_size for layer in model.layers)
     best = None
     for lanes in LANE_CANDIDATES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_nextpnr_log", "parse_critical_paths"]
+__all__ = ["parse_nextpnr_log", "parse_critical_paths", "nextpnr_progress", "describe_progress"]
 
 _UTIL = re.compile(r"^Info:\s+([A-Za-z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
@@ -65,3 +65,70 @@ def parse_nextpnr_log(text: str) -> dict:
     if not util and not clocks:
         raise ValueError("no utilisation or timing report found in the nextpnr log")
     return {"utilisation": util, "clocks": clocks, "critical_paths": parse_critical_paths(text)}
+
+
+# -- progress while nextpnr runs -----------------------------------------------------------------
+
+_PLACE_ITER = re.compile(r"^Info:\s+at (?:initial placer )?iter(?:ation)? #?(\d+)", re.M)
+_ROUTER2_ITER = re.compile(r"^Info:\s+iter=(\d+) wires=(\d+) overused=(\d+) overuse=(\d+)", re.M)
+_ROUTER1_ROW = re.compile(r"^Info:\s+(\d+) \|\s+(\d+)\s+(\d+) \|\s+(\d+)\s+(\d+) \|\s+(\d+)\|", re.M)
+_PHASES = [(re.compile(p, re.M), name) for p, name in (
+    (r"^Info: (?:Packing|Pack)", "packing"), (r"^Info: Placed \d+ cells based on constraints", "placing"),
+    (r"^Info: Running main analytical placer|^Info: Creating initial analytic placement|"
+     r"^Info: Running simulated annealing placer", "placing"),
+    (r"^Info: Routing globals|^Info: Running router2|^Info: Routing\.\.", "routing"),
+    (r"^Info: Running router1 to check that route is legal", "checking the route"),
+    (r"^Info: Program finished normally|^Info: Critical path report for clock", "timing report"))]
+
+
+# The placer's stages, in the order nextpnr runs them; each counts its iterations from 1 again.
+_PLACERS = [(re.compile(p, re.M), stage) for p, stage in (
+    (r"^Info: Running main analytical placer|^Info: Creating initial analytic placement", "analytic"),
+    (r"^Info: Running simulated annealing placer", "annealing"))]
+
+
+def nextpnr_progress(text: str) -> dict:
+    """Where a running nextpnr is, from (the tail of) its log: ``phase`` (``"packing"``,
+    ``"placing"``, ``"routing"``, ...) and, while placing or routing, ``iteration``; while placing,
+    ``placer`` (``"analytic"``, then ``"annealing"``: each counts its iterations afresh); while
+    routing, ``overused`` (router2: overused wires; router1: arcs still to route) and
+    ``router``. An empty dict before the first recognised line."""
+    out: dict = {}
+    last = -1
+    for pattern, name in _PHASES:
+        for m in pattern.finditer(text):
+            if m.start() > last:
+                last, out["phase"] = m.start(), name
+    if out.get("phase") == "placing":
+        stages = [(m.start(), stage) for pattern, stage in _PLACERS for m in pattern.finditer(text)]
+        if stages:
+            out["placer"] = max(stages)[1]
+        iters = list(_PLACE_ITER.finditer(text))
+        if iters and iters[-1].start() > last:
+            out["iteration"] = int(iters[-1].group(1))
+    if out.get("phase") == "routing":
+        r2 = list(_ROUTER2_ITER.finditer(text))
+        r1 = list(_ROUTER1_ROW.finditer(text))
+        if r2 and (not r1 or r2[-1].start() > r1[-1].start()):
+            m = r2[-1]
+            out.update(router="router2", iteration=int(m.group(1)), overused=int(m.group(3)))
+        elif r1:
+            m = r1[-1]
+            out.update(router="router1", iteration=int(m.group(1)), overused=int(m.group(6)))
+    return out
+
+
+def describe_progress(progress: dict) -> str:
+    """One line for :func:`nextpnr_progress`'s result, e.g. ``routing (router2) iteration 12,
+    310 overused wires``."""
+    if not progress:
+        return "starting"
+    text = progress["phase"]
+    if "router" in progress or "placer" in progress:
+        text += f" ({progress.get('router') or progress['placer']})"
+    if "iteration" in progress:
+        text += f" iteration {progress['iteration']}"
+    if "overused" in progress:
+        what = "overused wires" if progress.get("router") == "router2" else "arcs left"
+        text += f", {progress['overused']} {what}"
+    return text

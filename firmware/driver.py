@@ -15,9 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .protocol import (LOAD_CHECK, LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, RESPONSE_SOF, Command,
-                       FrameDecoder, ProtocolError, STATUS_FORMAT, Status, encode_request)
-from .reference import INFO_FORMAT
+from .protocol import (INFO_FIELDS, INFO_FORMAT, LOAD_CHECK, LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD,
+                       RESPONSE_SOF, STATUS_FORMAT, Command, FrameDecoder, ProtocolError, Status, encode_request)
 
 __all__ = ["Transport", "SerialTransport", "DeviceTransport", "EGRUDevice", "DeviceError"]
 
@@ -109,10 +108,7 @@ class EGRUDevice:
                 raise DeviceError(f"no answer to {command.name} within {self.timeout} s")
 
     def info(self) -> dict:
-        values = INFO_FORMAT.unpack(self.request(Command.INFO))
-        keys = ("signature", "image_version", "lanes", "layers", "inputs", "outputs", "input_bits",
-                "readout_bits", "weights_depth", "row_ptr_depth", "consts_depth", "readout_bias_depth")
-        self._info = dict(zip(keys, values))
+        self._info = dict(zip(INFO_FIELDS, INFO_FORMAT.unpack(self.request(Command.INFO))))
         return self._info
 
     def status(self) -> dict:

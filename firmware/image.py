@@ -19,7 +19,11 @@ Layout (all integers little-endian)::
     H       ...   section data: each word in ceil(word bits / 8) bytes
     end-4   4     CRC32 (zlib) of everything before it
 
-Memory ids are :data:`hw.params.MEMORIES` (0 weights, 1 row_ptr, 2 consts, 3 readout_bias).
+Memory ids are :class:`egru_accel.quantize.memory.MemoryId` values of the loadable memories
+(0 weights, 1 row_ptr, 2 consts, 3 readout_bias); each section's word bits and the words
+themselves are those of :mod:`egru_accel.quantize.memory`, the one definition of every word.
+This module and :mod:`.protocol` are what the hardware (the bridge) and the host share; they
+depend on the memory definitions only, never on the golden model or the reference device.
 
 A device checks an image as it streams in, byte by byte and without an image buffer
 (:class:`ImageChecker`, the behaviour of the RTL bridge ``hw/bridge.py``): every field is
@@ -31,19 +35,19 @@ codes by :data:`KIND_STATUS`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import struct
 import zlib
 from dataclasses import dataclass
 
-from quantize.formats import NumberFormats
+from egru_accel.quantize.formats import NumberFormats
+from egru_accel.quantize.memory import LOADABLE, CoreLayout
+from egru_accel.quantize.packer import PackedModel
 
-from .protocol import Status
+from .protocol import INFO_FORMAT, Status
 
 __all__ = ["MAGIC", "VERSION", "ImageError", "ModelImage", "Section", "build_image", "parse_image",
            "hardware_signature", "CRC32_RESIDUE", "CHECK_KINDS", "KIND_STATUS", "ImageLayout", "image_layout",
-           "ImageChecker", "check_image", "first_kind"]
+           "ImageChecker", "check_image", "first_kind", "info_payload"]
 
 MAGIC = b"EGRU"
 VERSION = 1
@@ -91,28 +95,48 @@ class ModelImage:
         raise KeyError((mem, lane))
 
 
-def hardware_signature(params) -> int:
-    """CRC32 of :meth:`hw.params.CoreParams.fixed`: shapes, lanes, formats, per-layer
-    constants and word widths (memory depths are checked section by section instead, so a
-    smaller model fits). Two models with equal signatures can share a bitstream."""
-    blob = json.dumps(params.fixed(), sort_keys=True).encode()
-    return zlib.crc32(hashlib.sha256(blob).digest())
+def _layout(obj) -> CoreLayout:
+    # A CoreLayout, or anything that has one (a PackedModel, the hardware's CoreParams).
+    layout = obj if isinstance(obj, CoreLayout) else getattr(obj, "layout", None)
+    if not isinstance(layout, CoreLayout):
+        raise TypeError(f"expected a CoreLayout or something with a .layout, not {type(obj).__name__}")
+    return layout
 
 
-def build_image(params) -> bytes:
-    """The image of ``params``' (a :class:`hw.params.CoreParams`) loadable memories."""
-    from hw.params import MEM_CONSTS, MEM_READOUT_BIAS, MEM_ROW_PTR, MEM_WEIGHTS
-    sections = []
-    for lane in range(params.lanes):
-        for mem, words in ((MEM_WEIGHTS, params.weights[lane]), (MEM_ROW_PTR, params.row_ptr[lane]),
-                           (MEM_CONSTS, params.consts[lane]), (MEM_READOUT_BIAS, params.readout_bias[lane])):
-            sections.append(Section(mem, lane, params.mem_word_bits(mem), tuple(int(w) for w in words)))
-    fmt = params.formats
-    head = _FIXED.pack(MAGIC, VERSION, 0, hardware_signature(params), params.lanes, params.layers,
-                       params.input_size, params.outputs)
-    head += struct.pack(f"<{params.layers}H", *params.hidden)
-    head += struct.pack("<11b", *[getattr(fmt, n) for n in _FORMAT_FIELDS])
-    head += struct.pack("<H", len(sections))
+def hardware_signature(layout) -> int:
+    """The signature of a core layout (:meth:`~egru_accel.quantize.memory.CoreLayout.signature`):
+    shapes, lanes, formats, per-layer constants and every word's fields, not the memory
+    depths (checked section by section instead, so a smaller model fits). Two models with
+    equal signatures can share a bitstream. ``layout``: a CoreLayout, PackedModel or CoreParams."""
+    return _layout(layout).signature()
+
+
+def info_payload(layout) -> bytes:
+    """The INFO payload (:data:`~egru_accel.firmware.protocol.INFO_FORMAT`) of a device
+    built for ``layout`` (a CoreLayout, PackedModel or CoreParams)."""
+    lay = _layout(layout)
+    return INFO_FORMAT.pack(lay.signature(), VERSION, lay.lanes, lay.n_layers, lay.input_size, lay.outputs,
+                            lay.formats.input_bits, lay.readout_bits, *[lay.depth(m) for m in LOADABLE])
+
+
+def _header(lay: CoreLayout, sections: int) -> bytes:
+    # Magic .. section count, with the header length left 0 (filled in by build_image).
+    head = _FIXED.pack(MAGIC, VERSION, 0, lay.signature(), lay.lanes, lay.n_layers, lay.input_size, lay.outputs)
+    head += struct.pack(f"<{lay.n_layers}H", *lay.hidden)
+    head += struct.pack("<11b", *[getattr(lay.formats, n) for n in _FORMAT_FIELDS])
+    return head + struct.pack("<H", sections)
+
+
+def build_image(packed) -> bytes:
+    """The image of a packed model's loadable memories (``packed``: a PackedModel, or the
+    hardware's CoreParams, which holds one)."""
+    packed = packed if isinstance(packed, PackedModel) else getattr(packed, "packed", None)
+    if not isinstance(packed, PackedModel):
+        raise TypeError(f"build_image takes a PackedModel (or CoreParams), not {type(packed).__name__}")
+    lay = packed.layout
+    sections = [Section(int(mem), lane, lay.word(mem).width, tuple(int(w) for w in packed.words(mem, lane)))
+                for lane in range(lay.lanes) for mem in LOADABLE]
+    head = _header(lay, len(sections))
     header_len = len(head) + _SECTION.size * len(sections)
     table, data = b"", b""
     for s in sections:
@@ -207,17 +231,21 @@ class ImageLayout:
         return self.header_length + sum(d * ((b + 7) // 8) for _, _, b, d in self.sections) + 4
 
 
-def image_layout(params) -> ImageLayout:
-    """The :class:`ImageLayout` of a device built from ``params`` (a :class:`hw.params.CoreParams`)."""
-    from hw.params import MEMORIES
-    fixed_len = _FIXED.size + 2 * params.layers + len(_FORMAT_FIELDS) + 2
-    sections = tuple((mem, lane, params.mem_word_bits(mem), params.mem_depth(mem))
-                     for lane in range(params.lanes) for mem in range(len(MEMORIES)))
+def image_layout(layout) -> ImageLayout:
+    """The :class:`ImageLayout` of a device built for ``layout`` (a CoreLayout, PackedModel
+    or CoreParams)."""
+    lay = _layout(layout)
+    sections = tuple((int(mem), lane, lay.word(mem).width, lay.depth(mem))
+                     for lane in range(lay.lanes) for mem in LOADABLE)
+    fixed = _header(lay, len(sections))
+    fixed_len = len(fixed)
     # Offsets 0-3 magic, 4-5 version, 6-7 header length, 8-11 signature, then lanes .. formats,
     # and the section count in the last two bytes.
     kinds = ("magic",) * 4 + ("version",) * 2 + ("section",) * 2 + ("signature",) * (fixed_len - 10) + ("section",) * 2
-    return ImageLayout(fixed=build_image(params)[:fixed_len], fixed_kinds=kinds,
-                       header_length=fixed_len + _SECTION.size * len(sections), sections=sections)
+    header_length = fixed_len + _SECTION.size * len(sections)
+    fixed = fixed[:6] + struct.pack("<H", header_length) + fixed[8:]
+    return ImageLayout(fixed=fixed, fixed_kinds=kinds,
+                       header_length=header_length, sections=sections)
 
 
 class ImageChecker:
@@ -321,10 +349,10 @@ def first_kind(flags) -> str | None:
     return next((k for k in CHECK_KINDS if k in flags), None)
 
 
-def check_image(blob: bytes, params) -> str | None:
-    """What a device built from ``params`` reports for ``blob`` sent whole: ``None`` (OK) or
+def check_image(blob: bytes, layout) -> str | None:
+    """What a device built for ``layout`` reports for ``blob`` sent whole: ``None`` (OK) or
     the first of :data:`CHECK_KINDS` that applies (never ``"length"``)."""
-    checker = ImageChecker(image_layout(params))
+    checker = ImageChecker(image_layout(layout))
     for byte in bytes(blob):
         checker.feed(byte)
     return first_kind(checker.finish())

@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 
 __all__ = ["REQUEST_SOF", "RESPONSE_SOF", "MAX_PAYLOAD", "MAX_RESPONSE_PAYLOAD", "MAX_IMAGE", "STATUS_FORMAT",
+           "INFO_FORMAT", "INFO_FIELDS",
            "Command", "Status",
            "ProtocolError",
            "crc16", "encode_request", "encode_response", "FrameDecoder", "Frame", "LOAD_CHECK", "LOAD_WRITE"]
@@ -35,6 +36,12 @@ MAX_IMAGE = 0xFFFFFF
 #: STATUS payload: busy, model loaded, last error (u8 each), then steps since START or the
 #: last load, clock cycles spent in steps since reset, and cycles of the last step (u32 each).
 STATUS_FORMAT = struct.Struct("<BBBIII")
+#: INFO payload: hardware signature, image format version, lanes, layers, inputs, outputs,
+#: input bits, readout bits, then the depth (words) of each loadable memory, in the order of
+#: :data:`egru_accel.quantize.memory.LOADABLE` (weights, row_ptr, consts, readout_bias).
+INFO_FORMAT = struct.Struct("<IHHHHHBBIIII")
+INFO_FIELDS = ("signature", "image_version", "lanes", "layers", "inputs", "outputs", "input_bits",
+               "readout_bits", "weights_depth", "row_ptr_depth", "consts_depth", "readout_bias_depth")
 LOAD_CHECK, LOAD_WRITE = 0, 1
 
 

@@ -11,82 +11,47 @@ import struct
 
 import numpy as np
 
-from hw.params import CoreParams, MEM_CONSTS, MEM_READOUT_BIAS, MEM_ROW_PTR, MEM_WEIGHTS, MEMORIES
-from quantize import golden
-from quantize.model import QuantLayer, QuantModel, QuantReadout
+from egru_accel.quantize import golden
+from egru_accel.quantize.memory import LOADABLE, CoreLayout, MemoryId
+from egru_accel.quantize.model import QuantModel
+from egru_accel.quantize.packer import PackedModel, unpack
 
-from .image import KIND_STATUS, ImageChecker, first_kind, hardware_signature, image_layout
+from .image import KIND_STATUS, ImageChecker, first_kind, image_layout, info_payload
 from .protocol import (LOAD_CHECK, LOAD_WRITE, MAX_IMAGE, MAX_RESPONSE_PAYLOAD, REQUEST_SOF, STATUS_FORMAT, Command,
                        FrameDecoder, Status, encode_response)
 
-__all__ = ["ReferenceDevice", "model_from_words", "info_payload", "INFO_FORMAT"]
-
-#: INFO payload: signature, image version, lanes, layers, inputs, outputs, input bits,
-#: readout bits, then the depth of each loadable memory (weights, row_ptr, consts, readout_bias).
-INFO_FORMAT = struct.Struct("<IHHHHHBBIIII")
+__all__ = ["ReferenceDevice", "model_from_words"]
 
 
 def _signed(v: int, bits: int) -> int:
     return v - (1 << bits) if v >> (bits - 1) else v
 
 
-def info_payload(params: CoreParams) -> bytes:
-    from .image import VERSION
-    return INFO_FORMAT.pack(hardware_signature(params), VERSION, params.lanes, params.layers, params.input_size,
-                            params.outputs, params.formats.input_bits, params.readout_bits,
-                            *[params.mem_depth(k) for k in range(len(MEMORIES))])
+def _packed(obj) -> PackedModel:
+    # A PackedModel, or the hardware's CoreParams, which holds one.
+    packed = obj if isinstance(obj, PackedModel) else getattr(obj, "packed", None)
+    if not isinstance(packed, PackedModel):
+        raise TypeError(f"expected a PackedModel (or CoreParams), not {type(obj).__name__}")
+    return packed
 
 
-def model_from_words(params: CoreParams, words: dict) -> QuantModel:
-    """The model a core with ``params``' constants computes when its loadable memories hold
-    ``words[(mem, lane)]``. Biases of z and r come back summed into ``bias_x`` (the hardware
-    only holds the sum), which computes the same integers."""
-    P, fmt, wb = params.lanes, params.formats, params.formats.weight_bits
-    amask = (1 << params.addr_bits) - 1
-
-    def matrix(row_base, rows, targets, gates):
-        M = np.zeros((rows, gates * targets), dtype=np.int64)
-        for p in range(P):
-            w, ptr = words[(MEM_WEIGHTS, p)], words[(MEM_ROW_PTR, p)]
-            for r in range(rows):
-                start, length = ptr[row_base + r] & amask, ptr[row_base + r] >> params.addr_bits
-                for e in w[start:start + length]:
-                    value, gate, target = _signed(e & ((1 << wb) - 1), wb), (e >> wb) & 3, e >> (wb + 2)
-                    M[r, gate * targets + target * P + p] = value
-        return M
-
-    layers, A = [], params.acc_bits
-    for l, H in enumerate(params.hidden):
-        I = params.input_size if l == 0 else params.hidden[l - 1]
-        M = matrix(params.row_base[l], I + H, H, 3)
-        bias_x, bias_h, theta = np.zeros(3 * H, np.int64), np.zeros(3 * H, np.int64), np.zeros(H, np.int64)
-        for p in range(P):
-            consts = words[(MEM_CONSTS, p)]
-            for n in params.lane_neurons(l, p):
-                c = consts[params.const_base[l] + n // P]
-                init = [_signed((c >> (k * A)) & ((1 << A) - 1), A) for k in range(4)]
-                bias_x[[n, H + n, 2 * H + n]] = init[:3]
-                bias_h[2 * H + n] = init[3]
-                theta[n] = (c >> (4 * A)) & ((1 << fmt.state_bits) - 1)
-        src = fmt.source_frac(l)
-        acc = params.acc_frac[l]
-        layers.append(QuantLayer(W=M[:I], R=M[I:], w_shift=tuple(acc - src - a for a in params.input_align[l]),
-                                 r_shift=tuple(acc - fmt.state_frac - a for a in params.recurrent_align[l]),
-                                 bias_x=bias_x, bias_h=bias_h, theta=theta))
-    O, H = params.outputs, params.hidden[-1]
-    Wo = matrix(params.readout_row_base, H, O, 1)
-    bias = np.zeros(O, np.int64)
-    for p in range(P):
-        for i, o in enumerate(range(p, O, P)):
-            bias[o] = _signed(words[(MEM_READOUT_BIAS, p)][i], params.readout_bits)
-    return QuantModel(formats=fmt, layers=layers,
-                      readout=QuantReadout(W=Wo, shift=params.model.readout.shift, bias=bias))
+def model_from_words(packed, words: dict) -> QuantModel:
+    """The model a core built for ``packed`` (a PackedModel or CoreParams) computes when its
+    loadable memories hold ``words[(mem, lane)]`` (as deep as built): the packer's
+    :func:`unpack` of those words (z and r biases come back summed into ``bias_x``, as the
+    hardware holds them)."""
+    packed = _packed(packed)
+    contents = {(MemoryId(mem), lane): np.array(w, dtype=object) for (mem, lane), w in words.items()}
+    return unpack(PackedModel(layout=packed.layout, contents=contents, readout_shift=packed.readout_shift,
+                              meta=dict(packed.meta)))
 
 
 class ReferenceDevice:
     """Takes request bytes, returns response bytes (see :meth:`receive`).
 
-    ``model_at_reset``: the device's memories hold ``params``' model at power-up (block RAM
+    ``packed``: the model the device is built for (a :class:`PackedModel`, or the hardware's
+    ``CoreParams``, which holds one): its layout fixes what an image must match.
+    ``model_at_reset``: the device's memories hold that model at power-up (block RAM
     initialised by the bitstream); ``False`` (e.g. iCE40 SPRAM weights): RUN answers NO_MODEL
     until a load succeeds.
 
@@ -94,22 +59,23 @@ class ReferenceDevice:
     one by one, and in write mode each word is written as it completes (unless a flag was
     raised by an earlier byte), exactly as the RTL bridge does."""
 
-    def __init__(self, params: CoreParams, *, model_at_reset: bool = True, counters=None):
+    def __init__(self, packed, *, model_at_reset: bool = True, counters=None):
+        packed = _packed(packed)
         if not isinstance(model_at_reset, bool):
             raise TypeError(f"model_at_reset must be a bool, not {model_at_reset!r}")
         if counters is not None and not callable(counters):
             raise TypeError(f"counters must be a callable returning (cycles, step_cycles), not {counters!r}")
-        self.params = params
+        self.packed = packed
+        lay: CoreLayout = packed.layout
         # The golden model has no clock: STATUS's cycle counters come from ``counters()``
         # (e.g. a simulated core's) or are 0.
         self.counters = counters or (lambda: (0, 0))
-        self.layout = image_layout(params)
+        self.layout = image_layout(lay)
         self.words = {}
-        for p in range(params.lanes):
-            for mem, src in ((MEM_WEIGHTS, params.weights), (MEM_ROW_PTR, params.row_ptr),
-                             (MEM_CONSTS, params.consts), (MEM_READOUT_BIAS, params.readout_bias)):
-                init = list(src[p]) if model_at_reset else []
-                self.words[(mem, p)] = init + [0] * (params.mem_depth(mem) - len(init))
+        for p in range(lay.lanes):
+            for mem in LOADABLE:
+                init = [int(w) for w in packed.words(mem, p)] if model_at_reset else []
+                self.words[(int(mem), p)] = init + [0] * (lay.depth(mem) - len(init))
         self.model_ok = model_at_reset
         self.last_error = Status.OK
         self.sequence: list[np.ndarray] = []
@@ -135,9 +101,9 @@ class ReferenceDevice:
         return encode_response(status, payload)
 
     def _execute(self, code: int, payload: bytes) -> bytes:
-        p = self.params
+        lay = self.packed.layout
         if code == Command.INFO:
-            return self._respond(Status.OK, info_payload(p))
+            return self._respond(Status.OK, info_payload(lay))
         if code == Command.STATUS:
             cycles, step_cycles = self.counters()
             return self._respond(Status.OK, STATUS_FORMAT.pack(0, int(self.model_ok), int(self.last_error),
@@ -184,19 +150,19 @@ class ReferenceDevice:
                     self.sequence, self.steps = [], 0
             return self._respond(status)
         if code == Command.RUN:
-            I, O = p.input_size, p.outputs
-            nb = (p.formats.input_bits + 7) // 8
+            I, O = lay.input_size, lay.outputs
+            nb = (lay.formats.input_bits + 7) // 8
             if not payload or len(payload) % (I * nb) or len(payload) // (I * nb) * O * 4 > MAX_RESPONSE_PAYLOAD:
                 return self._respond(Status.BAD_LENGTH)
             if not self.model_ok:
                 return self._respond(Status.NO_MODEL)
             # Each element: nb bytes little-endian, of which the core takes the low input_bits (two's complement).
-            bits = p.formats.input_bits
+            bits = lay.formats.input_bits
             x = np.array([_signed(int.from_bytes(payload[k:k + nb], "little") & ((1 << bits) - 1), bits)
                           for k in range(0, len(payload), nb)], dtype=np.int64).reshape(-1, I)
             k = x.shape[0]
             self.sequence.extend(x)
-            trace = golden.run(model_from_words(p, self.words), np.array(self.sequence)[:, None, :])
+            trace = golden.run(model_from_words(self.packed, self.words), np.array(self.sequence)[:, None, :])
             self.steps += k
             out = trace.logits[-k:, 0]
             return self._respond(Status.OK, struct.pack(f"<{k * O}i", *[int(v) for v in out.ravel()]))

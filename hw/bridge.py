@@ -41,14 +41,15 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from firmware.image import image_layout
-from firmware.protocol import (LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, REQUEST_SOF, RESPONSE_SOF,
-                               STATUS_FORMAT, Command, Status)
-from firmware.reference import info_payload
-from quantize.formats import unsigned_bits_for
+from egru_accel.firmware.image import image_layout, info_payload
+from egru_accel.firmware.protocol import (LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, REQUEST_SOF,
+                                          RESPONSE_SOF, STATUS_FORMAT, Command, Status)
+from egru_accel.quantize.formats import unsigned_bits_for
+from egru_accel.quantize.memory import LOADABLE
 
+from .construct import checked_construction
 from .core import ConfigSignature, ControlSignature, StatusSignature
-from .params import MEMORIES, CoreParams
+from .params import CoreParams
 
 __all__ = ["Bridge"]
 
@@ -68,10 +69,10 @@ class Bridge(wiring.Component):
 
     Args:
         params: The core's parameters: shapes and formats (the INFO payload, RUN framing)
-            and what a model image must match (:func:`firmware.image.image_layout`).
-        model_at_reset: ``True`` when the bitstream initialises the core's memories with a
-            model (block RAM); ``False`` when it cannot (iCE40 SPRAM weights): then RUN
-            answers NO_MODEL until a load succeeds.
+            and what a model image must match (:func:`~egru_accel.firmware.image.image_layout`).
+            ``params.config.model_at_reset``: ``True`` when the bitstream initialises the
+            core's memories with a model (block RAM); ``False`` when it cannot (iCE40 SPRAM
+            weights): then RUN answers NO_MODEL until a load succeeds.
 
     Members:
         rx: request bytes (from :class:`~hw.uart.UARTRx`).
@@ -83,19 +84,16 @@ class Bridge(wiring.Component):
         error: the last response's status was not OK.
     """
 
-    def __init__(self, params: CoreParams, *, model_at_reset: bool):
-        try:
-            self._check(params, model_at_reset)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise
+    def __init__(self, params: CoreParams):
+        with checked_construction(self):
+            self._check(params)
         self.params = params
-        self.model_at_reset = model_at_reset
+        self.model_at_reset = model_at_reset = params.config.model_at_reset
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
             "core_i": Out(stream.Signature(signed(params.formats.input_bits))),
-            "core_o": In(stream.Signature(signed(params.readout_bits))),
+            "core_o": In(stream.Signature(signed(params.layout.readout_bits))),
             "core_ctl": Out(ControlSignature()),
             "core_status": In(StatusSignature()),
             "core_cfg": Out(ConfigSignature(params)),
@@ -105,30 +103,31 @@ class Bridge(wiring.Component):
         })
 
     @staticmethod
-    def _check(params, model_at_reset):
+    def _check(params):
         if not isinstance(params, CoreParams):
             raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
-        if not isinstance(model_at_reset, bool):
-            raise TypeError(f"model_at_reset must be a bool, not {model_at_reset!r}")
+        lay = params.layout
         nb = (params.formats.input_bits + 7) // 8
-        if params.input_size * nb > MAX_PAYLOAD:
-            raise ValueError(f"one input vector takes {params.input_size * nb} bytes, more than a request "
+        if lay.input_size * nb > MAX_PAYLOAD:
+            raise ValueError(f"one input vector takes {lay.input_size * nb} bytes, more than a request "
                              f"payload ({MAX_PAYLOAD} bytes): RUN could never be sent")
-        if params.outputs * 4 > MAX_RESPONSE_PAYLOAD:
-            raise ValueError(f"one step's outputs take {params.outputs * 4} bytes, more than a response "
+        if lay.outputs * 4 > MAX_RESPONSE_PAYLOAD:
+            raise ValueError(f"one step's outputs take {lay.outputs * 4} bytes, more than a response "
                              f"payload ({MAX_RESPONSE_PAYLOAD} bytes)")
 
     def elaborate(self, platform):
         m = Module()
-        p = self.params
+        p = self.params.layout
         layout = image_layout(p)
         info = info_payload(p)
-        S = len(layout.sections)                      # 4 memories per lane
+        S = len(layout.sections)                      # the loadable memories of every lane
         F = len(layout.fixed)
-        nmem = len(MEMORIES)
-        mem_bits = [p.mem_word_bits(k) for k in range(nmem)]
-        mem_bytes = [(b + 7) // 8 for b in mem_bits]
-        mem_depth = [p.mem_depth(k) for k in range(nmem)]
+        nmem = len(LOADABLE)
+        # Section s is memory s % nmem of lane s // nmem: with 4 memories, its low 2 bits.
+        assert nmem == 4 and list(LOADABLE) == list(range(nmem))
+        mem_bits = [p.word(m_).width for m_ in LOADABLE]
+        mem_bytes = [p.word(m_).bytes for m_ in LOADABLE]
+        mem_depth = [p.depth(m_) for m_ in LOADABLE]
         W = unsigned_bits_for(max(mem_depth))          # word counts and word addresses
         B = unsigned_bits_for(layout.max_length)       # image offsets
         max_bytes = max(mem_bytes)

@@ -15,9 +15,11 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from quantize.lanes import lane_size
+from egru_accel.quantize.lanes import lane_size
+from egru_accel.quantize.memory import LOADABLE
 
-from .lane import ACCUMULATE_LATENCY, Lane, UPDATE_LATENCY, WEIGHT_RAMS
+from .construct import checked_construction
+from .lane import ACCUMULATE_LATENCY, Lane, UPDATE_LATENCY, cfg_addr_shape, cfg_data_bits
 from .params import CoreParams, KIND_INPUT, KIND_READOUT, KIND_RECURRENT
 
 __all__ = ["EGRUCore", "ControlSignature", "StatusSignature", "ConfigSignature", "DebugSignature"]
@@ -41,13 +43,14 @@ class StatusSignature(wiring.Signature):
 
 class ConfigSignature(wiring.Signature):
     """Run-time memory writes: when ``valid`` and the core is idle, ``data`` is written to
-    word ``addr`` of memory ``mem`` (see :data:`hw.params.MEMORIES`) of lane ``lane``.
+    word ``addr`` of loadable memory ``mem`` (a :class:`~egru_accel.quantize.memory.MemoryId`
+    of :data:`~egru_accel.quantize.memory.LOADABLE`) of lane ``lane``.
     Writes while busy are dropped and counted in ``dropped``."""
     def __init__(self, params: CoreParams):
-        depth = max(params.weight_depth, params.rows, params.const_depth, params.readout_local)
+        layout = params.layout
         super().__init__({
-            "valid": Out(1), "mem": Out(2), "lane": Out(range(max(2, params.lanes))),
-            "addr": Out(range(max(2, depth))), "data": Out(max(params.mem_word_bits(k) for k in range(4))),
+            "valid": Out(1), "mem": Out(range(len(LOADABLE))), "lane": Out(range(max(2, params.lanes))),
+            "addr": Out(cfg_addr_shape(layout)), "data": Out(cfg_data_bits(layout)),
         })
 
 
@@ -57,8 +60,8 @@ class DebugSignature(wiring.Signature):
     def __init__(self, params: CoreParams):
         S = params.formats.state_bits
         super().__init__({
-            "valid": Out(1), "layer": Out(max(1, (params.layers - 1).bit_length())),
-            "neuron": Out(range(max(2, max(params.hidden)))), "candidate": Out(signed(S)),
+            "valid": Out(1), "layer": Out(max(1, (params.layout.n_layers - 1).bit_length())),
+            "neuron": Out(range(max(2, max(params.layout.hidden)))), "candidate": Out(signed(S)),
             "fire": Out(1), "state": Out(signed(S)),
         })
 
@@ -76,37 +79,35 @@ class EGRUCore(wiring.Component):
     step; ``o`` gives one signed readout value (grid ``2**-(state_frac + readout shift)``)
     per beat, ``outputs`` beats per step, in output order.
 
-    ``weight_ram``: ``"inferred"`` (block RAM initialised with ``params``' weights) or
-    ``"ice40_spram"`` (iCE40 UP5K SPRAM, :mod:`hw.spram`: empty until written through ``cfg``).
-    ``debug`` adds the ``dbg`` ports (one neuron update per lane and cycle) for testbenches.
+    ``params.config`` chooses where the weights live (``weight_ram``: block RAM initialised
+    with ``params``' weights, or iCE40 UP5K SPRAM, :mod:`~egru_accel.hw.spram`, empty until
+    written through ``cfg``) and whether the ``dbg`` ports exist (``debug``: one neuron update
+    per lane and cycle, for testbenches).
     """
 
-    def __init__(self, params: CoreParams, *, debug: bool = False, weight_ram: str = "inferred"):
-        if not isinstance(params, CoreParams):
-            raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
-        if weight_ram not in WEIGHT_RAMS:
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise ValueError(f"weight_ram must be one of {', '.join(WEIGHT_RAMS)}, not {weight_ram!r}")
+    def __init__(self, params: CoreParams):
+        with checked_construction(self):
+            if not isinstance(params, CoreParams):
+                raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
         self.params = params
-        self.debug = debug
-        self.weight_ram = weight_ram
+        self.debug = params.config.debug
         fmt = params.formats
         members = {
             "i": In(stream.Signature(signed(fmt.input_bits))),
-            "o": Out(stream.Signature(signed(params.readout_bits))),
+            "o": Out(stream.Signature(signed(params.layout.readout_bits))),
             "ctl": In(ControlSignature()),
             "status": Out(StatusSignature()),
             "cfg": In(ConfigSignature(params)),
             "cfg_dropped": Out(16),
         }
-        if debug:
+        if self.debug:
             members["dbg"] = Out(DebugSignature(params)).array(params.lanes)
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        p, P, L = self.params, self.params.lanes, self.params.layers
-        lanes = [Lane(p, k, weight_ram=self.weight_ram) for k in range(P)]
+        p, P, L = self.params.layout, self.params.lanes, self.params.layout.n_layers
+        lanes = [Lane(self.params, k) for k in range(P)]
         for k, lane in enumerate(lanes):
             m.submodules[f"lane{k}"] = lane
 

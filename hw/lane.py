@@ -31,25 +31,33 @@ All arithmetic follows :mod:`quantize.golden` bit for bit.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
-from quantize.lanes import lane_size
+from egru_accel.quantize import formats as F
+from egru_accel.quantize.lanes import lane_size
+from egru_accel.quantize.memory import ACCUMULATORS, LOADABLE, MemoryId
 
 from .spram import ICE40WeightRAM
-from .params import (CoreParams, KIND_INPUT, KIND_READOUT, MEM_CONSTS, MEM_READOUT_BIAS, MEM_ROW_PTR,
-                     MEM_WEIGHTS)
+from .params import CoreParams, KIND_INPUT, KIND_READOUT
 
-__all__ = ["Lane", "UPDATE_LATENCY", "ACCUMULATE_LATENCY", "WEIGHT_RAMS"]
-
-#: Where the weights memory lives: "inferred" (an Amaranth Memory: block RAM, initialised
-#: by the bitstream) or "ice40_spram" (iCE40 UP5K SPRAM, loaded at run time; see hw/spram.py).
-WEIGHT_RAMS = ("inferred", "ice40_spram")
+__all__ = ["Lane", "UPDATE_LATENCY", "ACCUMULATE_LATENCY", "cfg_data_bits", "cfg_addr_shape"]
 
 #: Cycles from an update issue (u0) to its state/event write (u4), and from a weight issue to its write.
 UPDATE_LATENCY = 8
 ACCUMULATE_LATENCY = 2
 
 ACC_Z, ACC_R, ACC_AG, ACC_HG = 0, 1, 2, 3
+
+
+def cfg_data_bits(layout) -> int:
+    """Width of a run-time memory write's data: the widest loadable word."""
+    return max(layout.word(m).width for m in LOADABLE)
+
+
+def cfg_addr_shape(layout):
+    """Shape of a run-time memory write's address: the deepest loadable memory."""
+    return range(max(layout.depth(m) for m in LOADABLE))
 
 
 def _lut_index(m, pre, shift: int, lut_bits: int, name: str):
@@ -73,15 +81,11 @@ class Lane(Elaboratable):
     The core drives the inputs below and reads the outputs; all are plain signals.
     """
 
-    def __init__(self, params: CoreParams, index: int, *, weight_ram: str = "inferred"):
-        if weight_ram not in WEIGHT_RAMS:
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise ValueError(f"weight_ram must be one of {', '.join(WEIGHT_RAMS)}, not {weight_ram!r}")
+    def __init__(self, params: CoreParams, index: int):
         self.params = params
         self.index = index
-        self.weight_ram = weight_ram
-        p, fmt = params, params.formats
-        layer_bits = max(1, (p.layers - 1).bit_length())
+        p, fmt = params.layout, params.formats
+        layer_bits = max(1, (p.n_layers - 1).bit_length())
         # -- dispatcher side: row pointers and weight issue
         self.ptr_addr = Signal(range(max(2, p.rows)))
         self.ptr_en = Signal()
@@ -118,9 +122,9 @@ class Lane(Elaboratable):
         self.clr_index = Signal(range(max(2, max(p.acc_depth, p.readout_local))))
         # -- run-time memory writes
         self.cfg_we = Signal()
-        self.cfg_mem = Signal(2)
-        self.cfg_addr = Signal(range(max(2, max(p.weight_depth, p.rows, p.const_depth, p.readout_local))))
-        self.cfg_data = Signal(max(p.mem_word_bits(k) for k in range(4)))
+        self.cfg_mem = Signal(range(len(LOADABLE)))
+        self.cfg_addr = Signal(cfg_addr_shape(p))
+        self.cfg_data = Signal(cfg_data_bits(p))
         # -- debug: every neuron update
         self.dbg_valid = Signal()
         self.dbg_layer = Signal(layer_bits)
@@ -131,61 +135,66 @@ class Lane(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        p, fmt, P, lane = self.params, self.params.formats, self.params.lanes, self.index
-        wb, A, S = fmt.weight_bits, p.acc_bits, fmt.state_bits
+        params, lane = self.params, self.index
+        p, fmt, P = params.layout, params.formats, params.lanes
+        A, S = p.acc_bits, fmt.state_bits
 
-        def memory(name, width, depth, init=(), signed_=False):
-            # At least two rows: a one-row memory has a zero-bit address, which Verilog
-            # tools reject as a [-1:0] vector.
-            mem = Memory(shape=signed(width) if signed_ else unsigned(width), depth=max(2, depth),
-                         init=list(init))
-            m.submodules[name] = mem
+        def memory(mem_id, init=()):
+            """Memory ``mem_id`` as the layout defines it (raw words; fields through views)."""
+            mem = Memory(shape=unsigned(p.word(mem_id).width), depth=p.depth(mem_id), init=list(init))
+            m.submodules[mem_id.label] = mem
             return mem
 
-        def loadable(name, mem_id, init):
+        def view(mem_id, value):
+            """The fields of a word of memory ``mem_id`` (its one definition, quantize.memory)."""
+            return data.View(p.word(mem_id).struct_layout(), value)
+
+        def loadable(mem_id):
             """A memory that starts from the image and takes run-time writes from ``cfg``;
             returns its read port."""
-            mem = memory(name, p.mem_word_bits(mem_id), p.mem_depth(mem_id), init)
+            mem = memory(mem_id, params.words(mem_id, lane))
             wr = mem.write_port()
             m.d.comb += [wr.addr.eq(self.cfg_addr), wr.data.eq(self.cfg_data),
                          wr.en.eq(self.cfg_we & (self.cfg_mem == mem_id))]
             return mem.read_port()
 
         # -- memories ------------------------------------------------------------------------
-        if self.weight_ram == "ice40_spram":
-            w_rd = m.submodules.weights = ICE40WeightRAM(width=p.mem_word_bits(MEM_WEIGHTS),
-                                                         depth=p.mem_depth(MEM_WEIGHTS))
+        if params.config.weight_ram == "ice40_spram":
+            w_rd = m.submodules.weights = ICE40WeightRAM(width=p.word(MemoryId.WEIGHTS).width,
+                                                         depth=p.depth(MemoryId.WEIGHTS))
             m.d.comb += [w_rd.w_addr.eq(self.cfg_addr), w_rd.w_data.eq(self.cfg_data),
-                         w_rd.w_en.eq(self.cfg_we & (self.cfg_mem == MEM_WEIGHTS))]
+                         w_rd.w_en.eq(self.cfg_we & (self.cfg_mem == MemoryId.WEIGHTS))]
         else:
-            w_rd = loadable("weights", MEM_WEIGHTS, p.weights[lane])
-        ptr_rd = loadable("row_ptr", MEM_ROW_PTR, p.row_ptr[lane])
-        const_rd = loadable("consts", MEM_CONSTS, p.consts[lane])
-        rob_rd = loadable("readout_bias", MEM_READOUT_BIAS, p.readout_bias[lane])
-        state_mem = memory("state", S, p.const_depth, signed_=True)
+            w_rd = loadable(MemoryId.WEIGHTS)
+        ptr_rd = loadable(MemoryId.ROW_PTR)
+        const_rd = loadable(MemoryId.CONSTS)
+        rob_rd = loadable(MemoryId.READOUT_BIAS)
+        state_mem = memory(MemoryId.STATE)
         state_wr = state_mem.write_port()
         state_rd = state_mem.read_port()
-        evb_mem = memory("events", p.local_bits + S, p.evb_depth)
+        evb_mem = memory(MemoryId.EVENTS)
         evb_wr = evb_mem.write_port()
         evb_rd = evb_mem.read_port()
         acc_wr, acc_rd = [], []
-        for k, name in enumerate(("acc_z", "acc_r", "acc_ag", "acc_hg")):
-            mem = memory(name, A, p.acc_depth, signed_=True)
+        for mem_id in ACCUMULATORS:
+            mem = memory(mem_id)
             wr = mem.write_port()
             acc_wr.append(wr)
             acc_rd.append(mem.read_port(transparent_for=(wr,)))
-        ro_mem = memory("readout_acc", p.readout_bits, p.readout_local, signed_=True)
+        ro_mem = memory(MemoryId.READOUT_ACC)
         ro_wr = ro_mem.write_port()
         ro_rd = ro_mem.read_port(transparent_for=(ro_wr,))
-        sig_mem = memory("sigmoid_lut", fmt.sigmoid_value_bits, len(p.sigmoid_lut), p.sigmoid_lut)
+        sig_mem = memory(MemoryId.SIGMOID, p.word(MemoryId.SIGMOID).pack(entry=F.sigmoid_table(fmt)).tolist())
         sig_rd = [sig_mem.read_port(), sig_mem.read_port()]
-        tanh_mem = memory("tanh_lut", fmt.tanh_value_bits, len(p.tanh_lut), p.tanh_lut, signed_=True)
+        tanh_mem = memory(MemoryId.TANH, p.word(MemoryId.TANH).pack(entry=F.tanh_table(fmt)).tolist())
         tanh_rd = tanh_mem.read_port()
+        acc_data = [view(mem_id, rd.data).acc for mem_id, rd in zip(ACCUMULATORS, acc_rd)]
+        ro_data = view(MemoryId.READOUT_ACC, ro_rd.data).acc
 
         # -- row pointers and issue ------------------------------------------------------------
+        ptr = view(MemoryId.ROW_PTR, ptr_rd.data)
         m.d.comb += [ptr_rd.addr.eq(self.ptr_addr), ptr_rd.en.eq(self.ptr_en),
-                     self.ptr_start.eq(ptr_rd.data[:p.addr_bits]),
-                     self.ptr_len.eq(ptr_rd.data[p.addr_bits:])]
+                     self.ptr_start.eq(ptr.start), self.ptr_len.eq(ptr.length)]
         i_addr = Signal(p.addr_bits)
         i_rem = Signal(p.len_bits)
         i_issue = Signal()
@@ -202,14 +211,11 @@ class Lane(Elaboratable):
         m_layer = Signal.like(self.ev_layer)
         m.d.sync += [m_valid.eq(i_issue), m_value.eq(self.ev_value), m_kind.eq(self.ev_kind),
                      m_layer.eq(self.ev_layer)]
-        m_weight = Signal(signed(wb))
-        m_gate = Signal(2)
-        m_target = Signal(p.target_bits)
-        m.d.comb += [m_weight.eq(w_rd.data[:wb].as_signed()), m_gate.eq(w_rd.data[wb:wb + 2]),
-                     m_target.eq(w_rd.data[wb + 2:])]
-        m_product = Signal(signed(p.value_bits + wb))
+        entry = view(MemoryId.WEIGHTS, w_rd.data)
+        m_weight, m_gate, m_target = entry.value, entry.gate, entry.target
+        m_product = Signal(signed(p.value_bits + fmt.weight_bits))
         m.d.comb += m_product.eq(m_value * m_weight)
-        max_align = max([0] + [s for l in range(p.layers) for s in p.input_align[l] + p.recurrent_align[l]])
+        max_align = max([0] + [s for l in range(p.n_layers) for s in p.input_align[l] + p.recurrent_align[l]])
         m_addend = Signal(signed(len(m_product) + max_align))
         m_sel = Signal(3)   # 0..3: accumulators z, r, ag, hg; 4: readout
         with m.If(m_kind == KIND_READOUT):
@@ -223,7 +229,7 @@ class Lane(Elaboratable):
                         else:
                             m.d.comb += m_sel.eq(Mux(m_kind == KIND_INPUT, ACC_AG, ACC_HG))
                         with m.Switch(Cat(m_kind == KIND_INPUT, m_layer)):
-                            for l in range(p.layers):
+                            for l in range(p.n_layers):
                                 for is_input in (0, 1):
                                     shift = (p.input_align if is_input else p.recurrent_align)[l][gate]
                                     with m.Case(is_input | (l << 1)):
@@ -239,19 +245,19 @@ class Lane(Elaboratable):
         with m.Switch(a_sel):
             for k in range(4):
                 with m.Case(k):
-                    m.d.comb += a_current.eq(acc_rd[k].data)
+                    m.d.comb += a_current.eq(acc_data[k])
             with m.Default():
-                m.d.comb += a_current.eq(ro_rd.data)
+                m.d.comb += a_current.eq(ro_data)
         a_sum = Signal(signed(max(A, p.readout_bits) + 1))
         m.d.comb += a_sum.eq(a_current + a_addend)
         m.d.comb += self.busy.eq((i_rem != 0) | m_valid | a_valid)
 
         # -- update sweep ----------------------------------------------------------------------
-        counts = [lane_size(p.hidden[l], P, lane) for l in range(p.layers)]
+        counts = [lane_size(p.hidden[l], P, lane) for l in range(p.n_layers)]
         u0_valid = Signal()
         u0_const_addr = Signal.like(self.cfg_addr)
         with m.Switch(self.upd_layer):
-            for l in range(p.layers):
+            for l in range(p.n_layers):
                 with m.Case(l):
                     m.d.comb += [u0_valid.eq(self.upd_valid & (self.upd_index < counts[l])),
                                  u0_const_addr.eq(p.const_base[l] + self.upd_index)]
@@ -263,14 +269,14 @@ class Lane(Elaboratable):
         m.d.sync += [u1_valid.eq(u0_valid), u1_index.eq(self.upd_index), u1_layer.eq(self.upd_layer),
                      u1_first.eq(self.upd_first), u1_region.eq(self.upd_region),
                      u1_state_addr.eq(u0_const_addr)]
-        word = const_rd.data
-        u1_init = [word[k * A:(k + 1) * A].as_signed() for k in range(4)]
-        u1_theta = word[4 * A:4 * A + S]
+        const = view(MemoryId.CONSTS, const_rd.data)
+        u1_init = [const.init_z, const.init_r, const.init_ag, const.init_hg]
+        u1_theta = const.theta
         u1_pre = [Signal(signed(p.pre_bits), name=f"u1_pre_{n}") for n in ("z", "r", "ag", "hg")]
         for k in range(4):
-            m.d.comb += u1_pre[k].eq(acc_rd[k].data + u1_init[k])
+            m.d.comb += u1_pre[k].eq(acc_data[k] + u1_init[k])
         u1_c = Signal(signed(S))
-        m.d.comb += u1_c.eq(Mux(u1_first, 0, state_rd.data))
+        m.d.comb += u1_c.eq(Mux(u1_first, 0, view(MemoryId.STATE, state_rd.data).c))
         # u1 only adds (accumulator + start value -> register); the table indices (a shift,
         # an add and a clamp) follow in u1b, which keeps both stages short on an iCE40.
         u1b_valid, u1b_index, u1b_layer = Signal(), Signal.like(u1_index), Signal.like(u1_layer)
@@ -284,7 +290,7 @@ class Lane(Elaboratable):
         idx_z = Signal(fmt.sigmoid_lut_bits)
         idx_r = Signal(fmt.sigmoid_lut_bits)
         with m.Switch(u1b_layer):
-            for l in range(p.layers):
+            for l in range(p.n_layers):
                 with m.Case(l):
                     shift = p.acc_frac[l] - fmt.sigmoid_lut_frac
                     m.d.comb += [idx_z.eq(_lut_index(m, u1b_pre[ACC_Z], shift, fmt.sigmoid_lut_bits, f"z{l}")),
@@ -300,7 +306,7 @@ class Lane(Elaboratable):
                      u2_ag.eq(u1b_pre[ACC_AG]), u2_hg.eq(u1b_pre[ACC_HG]), u2_theta.eq(u1b_theta),
                      u2_c.eq(u1b_c)]
         fs = fmt.sigmoid_frac
-        u2_z, u2_r = sig_rd[0].data, sig_rd[1].data
+        u2_z, u2_r = (view(MemoryId.SIGMOID, rd.data).entry for rd in sig_rd)
         # u2 only multiplies (table output -> r * hg -> register); the rounding, the add and
         # the tanh index follow in u2b, which keeps both stages short.
         u2b_valid, u2b_index, u2b_layer = Signal(), Signal.like(u2_index), Signal.like(u2_layer)
@@ -325,7 +331,7 @@ class Lane(Elaboratable):
                      u2c_z.eq(u2b_z), u2c_theta.eq(u2b_theta), u2c_c.eq(u2b_c)]
         idx_g = Signal(fmt.tanh_lut_bits)
         with m.Switch(u2c_layer):
-            for l in range(p.layers):
+            for l in range(p.n_layers):
                 with m.Case(l):
                     shift = p.acc_frac[l] - fmt.tanh_lut_frac
                     m.d.comb += idx_g.eq(_lut_index(m, u2c_pre_g, shift, fmt.tanh_lut_bits, f"g{l}"))
@@ -338,7 +344,7 @@ class Lane(Elaboratable):
                      u3_region.eq(u2c_region), u3_state_addr.eq(u2c_state_addr),
                      u3_z.eq(u2c_z), u3_theta.eq(u2c_theta), u3_c.eq(u2c_c)]
         u3_g = Signal(signed(S + 1))
-        m.d.comb += u3_g.eq(tanh_rd.data << fmt.g_align)
+        m.d.comb += u3_g.eq(view(MemoryId.TANH, tanh_rd.data).entry << fmt.g_align)
         # u3 only subtracts (table output -> c - g' -> register); the multiply by z, the
         # rounding and the saturation follow in u3b.
         u3b_valid, u3b_index, u3b_layer = Signal(), Signal.like(u3_index), Signal.like(u3_layer)
@@ -366,10 +372,11 @@ class Lane(Elaboratable):
         u4_state = Signal(signed(S))
         m.d.comb += [u4_fire.eq(u4_cand > u4_theta),
                      u4_state.eq(Mux(u4_fire, u4_cand - u4_theta, u4_cand))]
-        m.d.comb += [state_wr.en.eq(u4_valid), state_wr.addr.eq(u4_state_addr), state_wr.data.eq(u4_state)]
+        m.d.comb += [state_wr.en.eq(u4_valid), state_wr.addr.eq(u4_state_addr), view(MemoryId.STATE, state_wr.data).c.eq(u4_state)]
         emit = u4_valid & (u4_fire | int(p.dense))
+        event = view(MemoryId.EVENTS, evb_wr.data)
         m.d.comb += [evb_wr.en.eq(emit), evb_wr.addr.eq(u4_region + self.ev_count),
-                     evb_wr.data.eq(Cat(u4_index[:p.local_bits], Mux(u4_fire, u4_cand, 0)))]
+                     event.local.eq(u4_index), event.value.eq(Mux(u4_fire, u4_cand, 0))]
         with m.If(self.upd_start):
             m.d.sync += self.ev_count.eq(0)
         with m.Elif(emit):
@@ -379,27 +386,29 @@ class Lane(Elaboratable):
                      self.dbg_fire.eq(u4_fire), self.dbg_state.eq(u4_state)]
 
         # -- accumulator ports: sweep, accumulate, clear -----------------------------------------
-        for k in range(4):
+        for k, mem_id in enumerate(ACCUMULATORS):
+            acc_write = view(mem_id, acc_wr[k].data).acc
             m.d.comb += [acc_rd[k].addr.eq(Mux(self.upd_mode, self.upd_index, m_target))]
             with m.If(self.clr_valid):
-                m.d.comb += [acc_wr[k].en.eq(1), acc_wr[k].addr.eq(self.clr_index), acc_wr[k].data.eq(0)]
+                m.d.comb += [acc_wr[k].en.eq(1), acc_wr[k].addr.eq(self.clr_index), acc_write.eq(0)]
             with m.Elif(u1_valid):  # a swept accumulator starts from zero for the next layer
-                m.d.comb += [acc_wr[k].en.eq(1), acc_wr[k].addr.eq(u1_index), acc_wr[k].data.eq(0)]
+                m.d.comb += [acc_wr[k].en.eq(1), acc_wr[k].addr.eq(u1_index), acc_write.eq(0)]
             with m.Else():
                 m.d.comb += [acc_wr[k].en.eq(a_valid & (a_sel == k)), acc_wr[k].addr.eq(a_target),
-                             acc_wr[k].data.eq(a_sum)]
+                             acc_write.eq(a_sum)]
         m.d.comb += [ro_rd.addr.eq(Mux(self.out_mode, self.out_addr, m_target)),
                      ro_rd.en.eq(Mux(self.out_mode, self.out_en, 1)),
                      rob_rd.addr.eq(self.out_addr), rob_rd.en.eq(self.out_en),
-                     self.out_value.eq(ro_rd.data + rob_rd.data.as_signed())]
+                     self.out_value.eq(ro_data + view(MemoryId.READOUT_BIAS, rob_rd.data).bias)]
+        ro_write = view(MemoryId.READOUT_ACC, ro_wr.data).acc
         with m.If(self.clr_valid):
-            m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.clr_index), ro_wr.data.eq(0)]
+            m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.clr_index), ro_write.eq(0)]
         with m.Elif(self.out_clear):
-            m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.out_clear_addr), ro_wr.data.eq(0)]
+            m.d.comb += [ro_wr.en.eq(1), ro_wr.addr.eq(self.out_clear_addr), ro_write.eq(0)]
         with m.Else():
-            m.d.comb += [ro_wr.en.eq(a_valid & (a_sel == 4)), ro_wr.addr.eq(a_target), ro_wr.data.eq(a_sum)]
+            m.d.comb += [ro_wr.en.eq(a_valid & (a_sel == 4)), ro_wr.addr.eq(a_target), ro_write.eq(a_sum)]
 
+        event_read = view(MemoryId.EVENTS, evb_rd.data)
         m.d.comb += [evb_rd.addr.eq(self.evb_addr), evb_rd.en.eq(self.evb_en),
-                     self.evb_local.eq(evb_rd.data[:p.local_bits]),
-                     self.evb_value.eq(evb_rd.data[p.local_bits:].as_signed())]
+                     self.evb_local.eq(event_read.local), self.evb_value.eq(event_read.value)]
         return m

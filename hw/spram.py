@@ -15,6 +15,8 @@ from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .construct import checked_construction
+
 __all__ = ["ICE40WeightRAM", "SPRAM_WORDS", "SPRAM_BITS", "spram_blocks"]
 
 #: Geometry of one SB_SPRAM256KA.
@@ -35,10 +37,10 @@ class ICE40WeightRAM(wiring.Component):
     """
 
     def __init__(self, *, width: int, depth: int):
-        for name, value in (("width", width), ("depth", depth)):
-            if not isinstance(value, int) or value < 1:
-                self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        with checked_construction(self):
+            for name, value in (("width", width), ("depth", depth)):
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{name} must be a positive integer, not {value!r}")
         self.width, self.depth = width, depth
         addr_shape = range(max(2, depth))
         super().__init__({"addr": In(addr_shape), "data": Out(width),

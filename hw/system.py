@@ -11,15 +11,15 @@ level adds only clocks, pins and LEDs (:mod:`boards`).
 """
 
 import math
-import numbers
 
 from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .bridge import Bridge
+from .config import check_positive_number
+from .construct import checked_construction
 from .core import EGRUCore
-from .lane import WEIGHT_RAMS
 from .params import CoreParams
 from .uart import UARTRx, UARTTx, check_divisor
 
@@ -35,19 +35,11 @@ ACTIVITY_HOLD_S = 0.04
 ACTIVITY_PRESCALE = 1 << 12
 
 
-def _positive_number(name: str, value) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, not {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, not {value!r}")
-    return value
-
-
 def uart_divisor(clk_hz, baud) -> int:
     """Clock cycles per UART bit, ``round(clk_hz / baud)``, checked against the UART's
     minimum and :data:`MAX_BAUD_ERROR`. ``clk_hz`` and ``baud`` in Hz and bit/s."""
-    _positive_number("clk_hz", clk_hz)
-    _positive_number("baud", baud)
+    check_positive_number("clk_hz", clk_hz)
+    check_positive_number("baud", baud)
     divisor = round(clk_hz / baud)
     try:
         check_divisor(divisor)
@@ -66,15 +58,10 @@ class EGRUSystem(wiring.Component):
     """UART (8N1) <-> Bridge <-> EGRUCore: everything a board top level needs besides clocks and pins.
 
     Args:
-        params: The core (shapes, formats, initial memory contents).
-        clk_hz: Frequency of the ``sync`` clock, in Hz.
-        baud: UART bit rate, in bit/s; the UART divides ``clk_hz`` by ``round(clk_hz / baud)``.
-        weight_ram: Where the weights live, passed to :class:`~hw.core.EGRUCore`: ``"inferred"``
-            (block RAM initialised by the bitstream) or ``"ice40_spram"`` (iCE40 UP5K SPRAM,
-            which the bitstream cannot initialise).
-        model_at_reset: Whether the bitstream's memory contents are a valid model, so RUN
-            works right after configuration; ``None``: only when the weights are inferred
-            block RAM (SPRAM starts empty and needs an image over the UART first).
+        params: The core (shapes, formats, initial memory contents) and the generator's
+            choices: ``params.config.clk_hz`` (the ``sync`` clock in Hz; required here),
+            ``baud`` (the UART divides the clock by ``round(clk_hz / baud)``), ``weight_ram``
+            and ``model_at_reset`` (whether RUN works right after configuration).
 
     Members:
         rx: UART line into the FPGA (idle high), asynchronous to the clock.
@@ -91,41 +78,27 @@ class EGRUSystem(wiring.Component):
     tx: Out(1, init=1)
     leds: Out(3)
 
-    def __init__(self, params: CoreParams, *, clk_hz, baud=115200, weight_ram: str = "inferred",
-                 model_at_reset: bool | None = None):
-        try:
+    def __init__(self, params: CoreParams):
+        with checked_construction(self):
             if not isinstance(params, CoreParams):
                 raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
-            self.divisor = uart_divisor(clk_hz, baud)
-            if not isinstance(weight_ram, str):
-                raise TypeError(f"weight_ram must be a string, not {weight_ram!r}")
-            if weight_ram not in WEIGHT_RAMS:
-                raise ValueError(f"weight_ram must be one of {', '.join(map(repr, WEIGHT_RAMS))}, "
-                                 f"not {weight_ram!r}")
-            if model_at_reset is None:
-                model_at_reset = weight_ram == "inferred"
-            elif not isinstance(model_at_reset, bool):
-                raise TypeError(f"model_at_reset must be True, False or None, not {model_at_reset!r}")
-            if model_at_reset and weight_ram == "ice40_spram":
-                raise ValueError("model_at_reset=True needs weights the bitstream initialises; "
-                                 "weight_ram='ice40_spram' starts empty")
-        except (TypeError, ValueError):
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise
+            cfg = params.config
+            if cfg.clk_hz is None:
+                raise ValueError("a system needs its clock frequency: params.config.clk_hz is None")
+            self.divisor = uart_divisor(cfg.clk_hz, cfg.baud)
         self.params = params
-        self.clk_hz = clk_hz
-        self.baud = baud
-        self.baud_actual = clk_hz / self.divisor
-        self.weight_ram = weight_ram
-        self.model_at_reset = model_at_reset
+        self.clk_hz = cfg.clk_hz
+        self.baud = cfg.baud
+        self.baud_actual = cfg.clk_hz / self.divisor
+        self.model_at_reset = cfg.model_at_reset
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.uart_rx = uart_rx = UARTRx(divisor=self.divisor)
         m.submodules.uart_tx = uart_tx = UARTTx(divisor=self.divisor)
-        m.submodules.bridge = bridge = Bridge(self.params, model_at_reset=self.model_at_reset)
-        m.submodules.core = core = EGRUCore(self.params, weight_ram=self.weight_ram)
+        m.submodules.bridge = bridge = Bridge(self.params)
+        m.submodules.core = core = EGRUCore(self.params)
 
         # UARTRx passes the asynchronous line through its own two flip-flops
         # (hw/uart.py, rx_sync) before anything looks at it.

@@ -7,6 +7,8 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .construct import checked_construction
+
 __all__ = ["UARTRx", "UARTTx", "check_divisor"]
 
 
@@ -20,11 +22,8 @@ def check_divisor(divisor) -> int:
 
 class _UARTComponent(wiring.Component):
     def __init__(self, *, divisor: int):
-        try:
+        with checked_construction(self):
             self.divisor = check_divisor(divisor)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True  # never elaborated: no "unused" warning for a failed build
-            raise
         super().__init__()
 
 

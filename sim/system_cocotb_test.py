@@ -24,11 +24,11 @@ import cocotb
 from cocotb.simtime import get_sim_time
 from cocotb.task import bridge, resume
 
-from firmware.driver import EGRUDevice
-from sim.runner import read_json_config
-from sim.streams import TestbenchBase
-from sim.system_round_trip import host_scenario
-from sim.uart_cocotb import SimTransport, UARTSink, UARTSource
+from egru_accel.firmware.driver import EGRUDevice
+from egru_accel.sim.runner import read_json_config
+from egru_accel.sim.streams import TestbenchBase
+from egru_accel.sim.system_round_trip import host_scenario
+from egru_accel.sim.uart_cocotb import SimTransport, UARTSink, UARTSource
 
 
 @cocotb.test()

@@ -40,20 +40,21 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware.driver import DeviceError, DeviceTransport, EGRUDevice
-from firmware.image import build_image, hardware_signature
-from firmware.protocol import MAX_PAYLOAD, Command, ProtocolError
-from firmware.reference import ReferenceDevice, info_payload
-from hw.params import CoreParams
-from quantize import golden
-from quantize.model import QuantModel
+from egru_accel.firmware.driver import DeviceError, DeviceTransport, EGRUDevice
+from egru_accel.firmware.image import build_image, hardware_signature, info_payload
+from egru_accel.firmware.protocol import MAX_PAYLOAD, Command, ProtocolError
+from egru_accel.firmware.reference import ReferenceDevice
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize import golden
+from egru_accel.quantize.model import QuantModel
+from egru_accel.quantize.packer import unpack
 
-from .runner import run_cocotb, write_json_config
+from .runner import default_simulator, run_cocotb, write_json_config
 
 __all__ = ["run_round_trip", "host_scenario", "corrupted_images", "negated_model", "without_weight_min",
            "write_system_verilog", "TEST_MODULE", "TOPLEVEL", "PERIOD_NS"]
 
-TEST_MODULE = "sim.system_cocotb_test"
+TEST_MODULE = "egru_accel.sim.system_cocotb_test"
 TOPLEVEL = "egru_system"
 #: Clock period of the simulation (ns); the design's own clock rate is ``baud * divisor``.
 PERIOD_NS = 10
@@ -171,21 +172,22 @@ def host_scenario(device: EGRUDevice, plan: dict, *, probe=None) -> dict:
 
 def write_system_verilog(params: CoreParams, build_dir: str | os.PathLike[str], *, clk_hz: int,
                          baud: int) -> Path:
-    """Write the Verilog of ``EGRUSystem(params, clk_hz=clk_hz, baud=baud)`` to
+    """Write the Verilog of ``EGRUSystem`` for ``params`` at ``clk_hz`` and ``baud`` to
     ``{build_dir}/egru_system.v`` (reused when written for the same parameters and sources)."""
-    from hw.system import EGRUSystem
+    from egru_accel.hw.system import EGRUSystem
 
     from .cocotb_core import _params_key
     from .verilog import write_verilog
 
     build = Path(build_dir).resolve()
     path, key_file = build / f"{TOPLEVEL}.v", build / f"{TOPLEVEL}.key"
-    key = f"{_params_key(params)} clk_hz={clk_hz} baud={baud}"
+    params = params.replace_config(clk_hz=clk_hz, baud=baud)
+    key = _params_key(params)
     if path.is_file() and key_file.is_file() and key_file.read_text() == key:
         return path
     build.mkdir(parents=True, exist_ok=True)
     key_file.unlink(missing_ok=True)
-    write_verilog(EGRUSystem(params, clk_hz=clk_hz, baud=baud), path, name=TOPLEVEL)
+    write_verilog(EGRUSystem(params), path, name=TOPLEVEL)
     key_file.write_text(key)
     return path
 
@@ -202,8 +204,9 @@ def _count_output_mismatches(got, expected: np.ndarray) -> int:
 def run_round_trip(params_a: CoreParams, model_b: QuantModel, *, build_dir: str | os.PathLike[str],
                    sequences: np.ndarray, other_model: QuantModel | None = None, split: int | None = None,
                    baud: int = 115200, divisor: int = 8, driver_timeout_s: float = 2.0,
-                   timeout_s: float | None = None, waves: bool | str = False) -> dict:
-    """Run the round trip (module docstring) in Icarus Verilog; return the report.
+                   timeout_s: float | None = None, waves: bool | str = False,
+                   simulator: str | None = None) -> dict:
+    """Run the round trip (module docstring) under cocotb; return the report.
 
     Args:
         params_a: The bitstream: shapes, formats and model A in the memories.
@@ -215,6 +218,8 @@ def run_round_trip(params_a: CoreParams, model_b: QuantModel, *, build_dir: str 
         baud, divisor: The UART: the design is built for ``clk_hz = baud * divisor``.
         driver_timeout_s: The driver's timeout, counted in simulated seconds by the transport.
         timeout_s: Wall-clock limit of the simulation; ``waves`` as in :func:`sim.runner.run_cocotb`.
+        simulator: ``"icarus"`` or ``"verilator"``; ``None``: the faster one for this run's length
+            (:func:`sim.runner.default_simulator`).
 
     Returns:
         ``ok`` (everything matched and nothing failed), ``mismatches`` (``outputs``: integers
@@ -229,22 +234,22 @@ def run_round_trip(params_a: CoreParams, model_b: QuantModel, *, build_dir: str 
         sim.runner.SimulationError: the build or the simulation failed.
     """
     P = params_a.lanes
-    params_b = CoreParams.from_model(model_b, lanes=P, dense=params_a.dense)
+    params_b = CoreParams.from_model(model_b, params_a.config)
     if hardware_signature(params_b) != hardware_signature(params_a):
-        why = "; ".join(params_b.mismatches(params_a.summary())) or "the hardware signatures differ"
+        why = "; ".join(params_b.layout.mismatches(params_a.layout)) or "the hardware signatures differ"
         raise ValueError(f"model B's image is for another bitstream: {why}")
     x = np.asarray(sequences)
-    if x.ndim != 3 or x.shape[2] != params_a.input_size or min(x.shape) < 1:
-        raise ValueError(f"expected sequences [N, T, {params_a.input_size}], got {list(x.shape)}")
+    if x.ndim != 3 or x.shape[2] != params_a.layout.input_size or min(x.shape) < 1:
+        raise ValueError(f"expected sequences [N, T, {params_a.layout.input_size}], got {list(x.shape)}")
     if other_model is None:
-        from quantize.random_model import random_model
-        hidden = list(params_a.hidden)
+        from egru_accel.quantize.random_model import random_model
+        hidden = list(params_a.layout.hidden)
         hidden[-1] += P
-        other_model = random_model(inputs=params_a.input_size, hidden=hidden, outputs=params_a.outputs,
+        other_model = random_model(inputs=params_a.layout.input_size, hidden=hidden, outputs=params_a.layout.outputs,
                                    lanes=P, seed=1)
     image_b = build_image(params_b)
-    other = build_image(CoreParams.from_model(other_model, lanes=P, dense=params_a.dense))
-    corrupted = corrupted_images(image_b, layers=params_a.layers, other=other)
+    other = build_image(CoreParams.from_model(other_model, params_a.config))
+    corrupted = corrupted_images(image_b, layers=params_a.layout.n_layers, other=other)
     plan = {"sequences_a": x.astype(np.int64).tolist(), "sequences_b": x.astype(np.int64).tolist(),
             "split": int(split if split is not None else max(1, x.shape[1] // 2)), "image_b": image_b.hex(),
             "corrupted": [{"name": n, "image": img.hex()} for n, img in corrupted]}
@@ -260,14 +265,21 @@ def run_round_trip(params_a: CoreParams, model_b: QuantModel, *, build_dir: str 
     config = {"plan": plan, "divisor": divisor, "period_ns": PERIOD_NS, "clk_hz": clk_hz,
               "driver_timeout_s": driver_timeout_s, "chunk": MAX_PAYLOAD, "results": str(results_file)}
     env = write_json_config(config, path=build / "config.json")
+    # Every image goes over the line twice (check pass, write pass), 10 bit times of `divisor`
+    # cycles per byte; the rest (requests, outputs) is small beside it.
+    line_bytes = 2 * (len(image_b) + sum(len(img) for _, img in corrupted)) + 8 * x.size
+    simulator = simulator or default_simulator(cycles=10 * divisor * line_bytes, lanes=params_a.lanes)
     start = time.monotonic()
-    run_cocotb(verilog_sources=[verilog], toplevel=TOPLEVEL, test_module=TEST_MODULE, build_dir=build / "sim",
-               extra_env=env, waves=waves, timeout_s=timeout_s)
+    run_cocotb(verilog_sources=[verilog], toplevel=TOPLEVEL, test_module=TEST_MODULE,
+               build_dir=build / f"sim_{simulator}", extra_env=env, waves=waves, timeout_s=timeout_s,
+               simulator=simulator)
     wall = time.monotonic() - start
     data = json.loads(results_file.read_text())
     got = data["log"]
-    return _report(got, expected, params_a=params_a, model_a=params_a.model, model_b=model_b,
-                   info=info_payload(params_a).hex(), data=data, wall=wall, clk_hz=clk_hz)
+    report = _report(got, expected, params_a=params_a, model_a=unpack(params_a.packed), model_b=model_b,
+                     info=info_payload(params_a).hex(), data=data, wall=wall, clk_hz=clk_hz)
+    report["simulator"] = simulator
+    return report
 
 
 def _report(got: dict, expected: dict, *, params_a, model_a, model_b, info, data, wall, clk_hz) -> dict:
@@ -333,7 +345,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--timeout", type=float, default=None, help="wall-clock limit of the simulation (s)")
     args = parser.parse_args(argv)
-    from quantize.random_model import random_inputs
+    from egru_accel.quantize.random_model import random_inputs
 
     model_a = without_weight_min(QuantModel.load(args.model))
     params_a = CoreParams.from_model(model_a, lanes=args.lanes)

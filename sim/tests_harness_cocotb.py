@@ -18,8 +18,8 @@ import random
 
 import cocotb
 
-from sim.runner import read_json_config
-from sim.streams import StreamSink, StreamSource, TestbenchBase, random_pauses
+from egru_accel.sim.runner import read_json_config
+from egru_accel.sim.streams import StreamSink, StreamSource, TestbenchBase, random_pauses
 
 
 @cocotb.test(timeout_time=1, timeout_unit="ms")

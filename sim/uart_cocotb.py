@@ -34,7 +34,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.task import resume
 from cocotb.triggers import Event, FallingEdge, First, RisingEdge, Timer, ValueChange
 
-from firmware.protocol import MAX_RESPONSE_PAYLOAD, RESPONSE_SOF
+from egru_accel.firmware.protocol import MAX_RESPONSE_PAYLOAD, RESPONSE_SOF
 
 __all__ = ["UARTSource", "UARTSink", "SimTransport", "response_complete"]
 

@@ -16,9 +16,9 @@ import cocotb
 from cocotb.simtime import get_sim_time
 from cocotb.task import bridge
 
-from sim.runner import read_json_config
-from sim.streams import TestbenchBase
-from sim.uart_cocotb import SimTransport, UARTSink, UARTSource
+from egru_accel.sim.runner import read_json_config
+from egru_accel.sim.streams import TestbenchBase
+from egru_accel.sim.uart_cocotb import SimTransport, UARTSink, UARTSource
 
 
 @cocotb.test()

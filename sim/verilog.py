@@ -51,7 +51,7 @@ from amaranth.hdl import Const, Value, ValueCastable
 from amaranth.hdl._ir import PortDirection  # private, but exactly what convert() itself uses
 from amaranth.lib import stream, wiring
 
-__all__ = ["StreamPorts", "port_map", "stream_ports", "write_verilog", "verilog_port_names"]
+__all__ = ["StreamPorts", "port_map", "stream_ports", "write_verilog", "verilog_port_names", "verilog_memories"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +167,25 @@ def verilog_port_names(verilog_text: str, *, name: str) -> list[str]:
         if module_name == name:
             return [p.strip() for p in match.group("ports").split(",") if p.strip()]
     raise ValueError(f"no module header for {name!r} found in the generated Verilog")
+
+
+_MODULE = re.compile(r"^module \\?(\S+)", re.M)
+_MEMORY = re.compile(r"^\s*reg \[(\d+):0\] \\?(\S+) \[(\d+):0\];", re.M)
+
+
+def verilog_memories(verilog_text: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """Every memory of generated Verilog: ``{(module, memory): (width, depth)}``.
+
+    Amaranth's backend declares an ``amaranth.lib.memory.Memory`` named ``name`` in the
+    module of its submodule path (``egru_core.lane0``) as ``reg [W-1:0] name [D-1:0];``.
+    """
+    out = {}
+    starts = [(m.start(), m.group(1)) for m in _MODULE.finditer(verilog_text)]
+    for k, (start, module) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else len(verilog_text)
+        for m in _MEMORY.finditer(verilog_text, start, end):
+            out[(module, m.group(2))] = (int(m.group(1)) + 1, int(m.group(3)) + 1)
+    return out
 
 
 def write_verilog(component: wiring.Component, path: str | os.PathLike[str], *, name: str = "top") -> list[str]:

@@ -1,17 +1,25 @@
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 # One thread per test process: two torch processes with two threads each on a 2-core
 # machine spin against each other and run many times slower.
 torch.set_num_threads(1)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--simulator", choices=("icarus", "verilator"), default=None,
+                     help="simulator of every cocotb test (default: $EGRU_SIMULATOR, else the fastest installed)")
+
+
+def pytest_configure(config):
+    # Every cocotb run without an explicit simulator takes sim.runner.default_simulator(),
+    # which reads this variable: one choice for the whole suite.
+    chosen = config.getoption("--simulator")
+    if chosen:
+        os.environ["EGRU_SIMULATOR"] = chosen
 
 
 @pytest.fixture

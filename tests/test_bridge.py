@@ -20,15 +20,16 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from firmware.image import build_image, hardware_signature, image_layout
-from firmware.protocol import (STATUS_FORMAT, LOAD_CHECK, LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, RESPONSE_SOF,
+from egru_accel.firmware.image import build_image, hardware_signature, image_layout
+from egru_accel.firmware.protocol import (STATUS_FORMAT, LOAD_CHECK, LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, RESPONSE_SOF,
                                Command, FrameDecoder, Status, encode_request)
-from firmware.reference import ReferenceDevice
-from hw.bridge import Bridge
-from hw.core import EGRUCore
-from hw.params import CoreParams
-from quantize import golden
-from quantize.random_model import random_inputs, random_model
+from egru_accel.firmware.reference import ReferenceDevice
+from egru_accel.hw.bridge import Bridge
+from egru_accel.hw.core import EGRUCore
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize.memory import MemoryId
+from egru_accel.quantize import golden
+from egru_accel.quantize.random_model import random_inputs, random_model
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -89,11 +90,12 @@ def simulate(params, requests, *, model_at_reset=True, seed=0, idle=0.2, backpre
     # The reference answers each request when the testbench sends it, with STATUS's cycle
     # counters taken from the simulated core at that moment (it is idle between requests).
     counters = [0, 0]
+    params = params.replace_config(model_at_reset=model_at_reset)
     ref = ReferenceDevice(params, model_at_reset=model_at_reset, counters=lambda: tuple(counters))
     expected, states, error = [], [], 0
 
     m = Module()
-    m.submodules.bridge = bridge = Bridge(params, model_at_reset=model_at_reset)
+    m.submodules.bridge = bridge = Bridge(params)
     m.submodules.core = core = EGRUCore(params)
     wiring.connect(m, bridge.core_i, core.i)
     wiring.connect(m, core.o, bridge.core_o)
@@ -139,7 +141,7 @@ def simulate(params, requests, *, model_at_reset=True, seed=0, idle=0.2, backpre
                     out.append(tx_byte)
                 if w_valid:
                     assert not busy, "a cfg write to a busy core would be dropped"
-                    writes.append((w_mem, w_lane, w_addr, w_data & ((1 << params.mem_word_bits(w_mem)) - 1)))
+                    writes.append((w_mem, w_lane, w_addr, w_data & ((1 << params.layout.word(w_mem).width) - 1)))
             send = False
             ctx.set(bridge.rx.valid, 0)
             got.append(bytes(out))
@@ -169,7 +171,7 @@ def test_commands_and_runs(models):
     bad_crc = bytearray(encode_request(Command.STATUS))
     bad_crc[-2] ^= 0x40
     oversize = bytes([0xA5, Command.RUN]) + struct.pack("<H", MAX_PAYLOAD + 1) + bytes(range(20, 40))
-    I = pa.input_size
+    I = pa.layout.input_size
     reqs = [
         encode_request(Command.INFO),
         encode_request(Command.STATUS),
@@ -207,10 +209,10 @@ def test_commands_and_runs(models):
     # RUN outputs: the golden model on the same sequence.
     k = 5 + MAX_PAYLOAD // I
     want = golden.run(a, x[:k, None, :]).logits[:, 0]
-    ran = np.concatenate([outputs_of(got[i], pa.outputs) for i in (3, 4, 16)])
+    ran = np.concatenate([outputs_of(got[i], pa.layout.outputs) for i in (3, 4, 16)])
     assert len(got[16]) - 6 > MAX_PAYLOAD
     assert np.array_equal(ran, want)
-    assert np.array_equal(outputs_of(got[19], pa.outputs), want[:2])
+    assert np.array_equal(outputs_of(got[19], pa.layout.outputs), want[:2])
 
 
 def test_load_second_model_then_rejected_write_load(models):
@@ -244,7 +246,7 @@ def test_load_second_model_then_rejected_write_load(models):
     assert decode(got[i + 1 + n_load])[0] == Status.IMAGE_VERSION
     # Words are written as they arrive: a good image and one whose damage only its CRC shows
     # are written whole; an image with a flagged header byte not at all.
-    words = sum(len(w) for w in pb.weights + pb.row_ptr + pb.consts + pb.readout_bias)
+    words = sum(len(w) for w in pb.packed.contents.values())
     loads = [1 + n_load, 1 + 2 * n_load, i, i + 2 + n_load, i + 2 + 2 * n_load]   # after each load
     assert np.diff([0] + [write_counts[k - 1] for k in loads]).tolist() == [0, words, words, 0, words]
     assert np.array_equal(outputs_of(got[-1], 3), golden.run(a, x[:3, None, :]).logits[:, 0])
@@ -278,8 +280,9 @@ def test_rejected_images_leave_the_model_running():
     # only the depth check can tell.
     last = F + 12 * (len(lay.sections) - 1)
     mem, _, bits, depth = lay.sections[-1]
-    assert struct.unpack_from("<I", image, last + 4)[0] == depth
-    grown = bytearray(image[:-4] + bytes((bits + 7) // 8))
+    count = struct.unpack_from("<I", image, last + 4)[0]
+    assert count <= depth       # a memory is built at least two words deep
+    grown = bytearray(image[:-4] + bytes((bits + 7) // 8 * (depth + 1 - count)))
     struct.pack_into("<I", grown, last + 4, depth + 1)
     cases = [   # (image, announced length, expected status)
         (flip(1), None, Status.IMAGE_MAGIC),
@@ -293,7 +296,7 @@ def test_rejected_images_leave_the_model_running():
         (image + b"\x00\x01\x02", None, Status.IMAGE_CRC), # extra bytes
         (patched(4, "<H", 2), None, Status.IMAGE_VERSION),
         (other, None, Status.IMAGE_SIGNATURE),
-        (patched(F + 4, "<I", pb.mem_depth(0) + 1), None, Status.IMAGE_SECTION),   # more words than the memory
+        (patched(F + 4, "<I", pb.layout.depth(MemoryId.WEIGHTS) + 1), None, Status.IMAGE_SECTION),   # more words than the memory
         (recrc(grown + bytes(4)), None, Status.IMAGE_SECTION),
         (patched(F + 12 + 8, "<I", struct.unpack_from("<I", image, F + 12 + 8)[0] + 2), None,
          Status.IMAGE_SECTION),                                                     # a data offset
@@ -344,14 +347,16 @@ def test_wide_inputs_two_layers():
 
 def test_constructor_errors(models):
     _, pa, _, _ = models
-    with pytest.raises(TypeError, match="params must be CoreParams"):
-        Bridge(object(), model_at_reset=True)
-    with pytest.raises(TypeError, match="model_at_reset must be a bool"):
-        Bridge(pa, model_at_reset=1)
+    with pytest.raises(TypeError, match="^params must be CoreParams, not object$"):
+        Bridge(object())
+    with pytest.raises(TypeError, match="^model_at_reset must be True, False or None, not 1$"):
+        pa.replace_config(model_at_reset=1)
+    wide = CoreParams.from_model(random_model(inputs=300, hidden=[2], outputs=2, seed=0), lanes=1)
     with pytest.raises(ValueError, match="one input vector takes 300 bytes"):
-        Bridge(dataclasses.replace(pa, input_size=300), model_at_reset=True)
+        Bridge(wide)
+    many = CoreParams.from_model(random_model(inputs=2, hidden=[2], outputs=20000, seed=0), lanes=1)
     with pytest.raises(ValueError, match="one step's outputs take 80000 bytes"):
-        Bridge(dataclasses.replace(pa, outputs=20000), model_at_reset=True)
+        Bridge(many)
 
 
 def test_waits_for_an_idle_core():
@@ -364,7 +369,7 @@ def test_waits_for_an_idle_core():
     requests = [encode_request(Command.START)] + load_requests(image, LOAD_WRITE) + [encode_request(Command.START)]
     ref = ReferenceDevice(params)
     expected = [ref.receive(r) for r in requests]
-    bridge = Bridge(params, model_at_reset=True)
+    bridge = Bridge(params)
     rng = np.random.default_rng(11)
     got, writes, starts = [], [], []
 
@@ -392,7 +397,7 @@ def test_waits_for_an_idle_core():
                 if w_valid or start:
                     assert not busy, "cfg write or start while the core is busy"
                 if w_valid:
-                    writes.append((mem, lane, addr, data & ((1 << params.mem_word_bits(mem)) - 1)))
+                    writes.append((mem, lane, addr, data & ((1 << params.layout.word(mem).width) - 1)))
                 starts.append(start)
             got.append(bytes(out))
 
@@ -401,6 +406,5 @@ def test_waits_for_an_idle_core():
     sim.add_testbench(testbench)
     sim.run()
     assert got == expected
-    assert writes == ref.writes and len(writes) == sum(len(w) for w in params.weights + params.row_ptr
-                                                       + params.consts + params.readout_bias)
+    assert writes == ref.writes and len(writes) == sum(len(w) for w in params.packed.contents.values())
     assert sum(starts) == 3     # START, the load's LOAD_END, START

@@ -185,7 +185,7 @@ def test_random_model_errors(tmp_path, capsys):
 
 def test_image_and_run_errors(random_model_file, tmp_path, capsys):
     import numpy as np
-    from firmware.image import parse_image
+    from egru_accel.firmware.image import parse_image
     code, _, err = run(["image", "--model", str(random_model_file), "--lanes", "2", "--out",
                         str(tmp_path / "m.img"), "--quiet"], capsys)
     assert code == 0, err

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from hw.params import CoreParams
-from quantize import golden
-from quantize.formats import NumberFormats
-from quantize.qat import export
-from sim.amaranth_tb import run_core
-from sim.compare import compare_run
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize import golden
+from egru_accel.quantize.formats import NumberFormats
+from egru_accel.quantize.qat import export
+from egru_accel.sim.amaranth_tb import run_core
+from egru_accel.sim.compare import compare_run
 from test_golden import random_net
 
 
@@ -75,7 +75,7 @@ def test_threshold_ties_and_fine_rounding(seed):
     ("zero", False, 4, 0.99, [9, 4]),
 ])
 def test_random_model_corners(mode, fine, lanes, sparsity, hidden):
-    from quantize.random_model import random_inputs, random_model
+    from egru_accel.quantize.random_model import random_inputs, random_model
     model = random_model(inputs=5, hidden=hidden, outputs=3, weight_sparsity=sparsity, lanes=None,
                          seed=7, threshold_mode=mode, fine=fine)
     x = random_inputs(model, steps=8, seed=3)[0]
@@ -88,7 +88,7 @@ def test_random_model_corners(mode, fine, lanes, sparsity, hidden):
 
 def test_dense_cycles_do_not_depend_on_data():
     """The dense baseline does every MAC at every step (first step included), whatever the inputs."""
-    from quantize.random_model import random_inputs, random_model
+    from egru_accel.quantize.random_model import random_inputs, random_model
     model = random_model(inputs=4, hidden=[6, 5], outputs=3, weight_sparsity=0.7, seed=2)
     params = CoreParams.from_model(model, lanes=2, dense=True)
     runs = []
@@ -104,8 +104,8 @@ def test_dense_cycles_do_not_depend_on_data():
 
 def test_run_time_loading_through_cfg():
     """A core generated for model A computes model B after B's images are written through cfg."""
-    from quantize.random_model import random_inputs, random_model
-    from sim.amaranth_tb import image_writes
+    from egru_accel.quantize.random_model import random_inputs, random_model
+    from egru_accel.sim.amaranth_tb import image_writes
     from test_driver import compatible_pair
     a, params_a, b, params_b = compatible_pair()
     x = random_inputs(b, steps=5, seed=4)[0]

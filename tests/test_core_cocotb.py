@@ -6,19 +6,16 @@ import shutil
 import numpy as np
 import pytest
 
-from hw.params import CoreParams
-from quantize import golden
-from quantize.formats import NumberFormats
-from quantize.qat import export
-from sim.amaranth_tb import run_core
-from sim.cocotb_core import run_sequences
-from sim.compare import compare_run
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize import golden
+from egru_accel.quantize.formats import NumberFormats
+from egru_accel.quantize.qat import export
+from egru_accel.sim.amaranth_tb import run_core
+from egru_accel.sim.cocotb_core import run_sequences
+from egru_accel.sim.compare import compare_run
+from helpers import needs_simulator
 from test_golden import random_net
 
-needs_iverilog = pytest.mark.skipif(
-    shutil.which("iverilog") is None or shutil.which("vvp") is None,
-    reason="Icarus Verilog (iverilog/vvp) is not installed; `apt-get install iverilog` to run simulation tests",
-)
 
 
 def fixture(seed, *, inputs, hidden, outputs, sparsity, sequences=3, steps=5):
@@ -42,7 +39,7 @@ def check_bit_exact(model, seqs, records):
     assert events > 0, "the fixture should fire"
 
 
-@needs_iverilog
+@needs_simulator
 @pytest.mark.parametrize("seed, lanes, hidden, sparsity, dense", [
     (0, 1, [6], 0.5, False),
     (1, 3, [7, 5], 0.9, False),

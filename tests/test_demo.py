@@ -4,7 +4,6 @@ the summary, and the errors."""
 import json
 import os
 import re
-import shutil
 import struct
 
 import numpy as np
@@ -14,8 +13,8 @@ from egru_accel import cli
 from egru_accel import demo
 from egru_accel.demo import (MismatchError, SUMMARY_ROWS, default_samples, dispatched_events, format_summary,
                              plot_activity, plot_cycles_vs_events, run_demo)
+from helpers import check_memory_bits, chosen_simulator, needs_simulator
 
-needs_iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog is not installed")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -36,7 +35,7 @@ def png_size(path) -> tuple[int, int]:
 
 
 def tiny_config():
-    from quantize.train import TrainConfig
+    from egru_accel.quantize.train import TrainConfig
     return TrainConfig(hidden=16, epochs=3, lanes=2)
 
 
@@ -44,8 +43,8 @@ def tiny_config():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    if shutil.which("iverilog") is None:
-        pytest.skip("Icarus Verilog is not installed")
+    if chosen_simulator() is None:
+        pytest.skip("the chosen simulator is not installed")
     out = tmp_path_factory.mktemp("demo")
     report = run_demo(out, samples=2, build=False, lanes=2, train_config=tiny_config(), progress=False)
     return out, report
@@ -61,9 +60,9 @@ def test_demo_writes_every_file(tiny_run):
 
 
 def test_demo_report_figures(tiny_run):
-    from quantize import golden
-    from quantize.data import load_task
-    from quantize.model import QuantModel
+    from egru_accel.quantize import golden
+    from egru_accel.quantize.data import load_task
+    from egru_accel.quantize.model import QuantModel
     out, report = tiny_run
     for key in ("float_accuracy", "quant_accuracy", "rtl_accuracy", "weight_sparsity", "activity_sparsity",
                 "macs_per_step", "cycles_per_step", "memory_bits", "sim", "train", "stage_seconds",
@@ -102,15 +101,21 @@ def test_demo_report_figures(tiny_run):
 
 
 def test_demo_image_matches_the_model(tiny_run):
-    from firmware.image import hardware_signature, parse_image
-    from hw.params import CoreParams
-    from quantize.model import QuantModel
+    from egru_accel.firmware.image import hardware_signature, parse_image
+    from egru_accel.hw.params import CoreParams
+    from egru_accel.quantize.model import QuantModel
     out, report = tiny_run
     image = parse_image((out / "model.img").read_bytes())
     params = CoreParams.from_model(QuantModel.load(out / "model.npz"), lanes=report["lanes"])
     assert image.signature == hardware_signature(params)
+    from egru_accel.quantize.memory import CoreLayout
     summary = json.loads((out / "verilog" / "summary.json").read_text())
-    assert params.mismatches(summary) == []
+    assert params.layout.mismatches(CoreLayout.from_dict(summary)) == []
+    # memories.json (the packer), summary.json (the generator) and the report agree to the bit.
+    memories = json.loads((out / "memories.json").read_text())
+    assert memories["memory_bits"] == summary["memory_bits"] == report["memory_bits"]
+    assert summary["memory_bits_total"] == report["memory_bits"]["total"] == params.layout.memory_bits()["total"]
+    check_memory_bits(params)    # and the Verilog the generator writes for it
 
 
 def test_demo_plots_are_pngs(tiny_run):
@@ -218,9 +223,9 @@ def test_plot_cycles_vs_events_synthetic(tmp_path):
 
 
 def test_default_samples_fills_the_budget():
-    from quantize import golden
-    from quantize.data import load_task
-    from quantize.random_model import random_model
+    from egru_accel.quantize import golden
+    from egru_accel.quantize.data import load_task
+    from egru_accel.quantize.random_model import random_model
     task = load_task("digits")
     model = random_model(inputs=task.input_size, hidden=[16], outputs=10, weight_sparsity=0.5, lanes=2, seed=3,
                          threshold_mode="random")
@@ -272,10 +277,10 @@ def _fake_simulate(real):
     return simulate
 
 
-@needs_iverilog
+@needs_simulator
 def test_mismatch_fails_without_a_report(tmp_path, monkeypatch):
-    import sim.report
-    monkeypatch.setattr(sim.report, "simulate", _fake_simulate(sim.report.simulate))
+    from egru_accel.sim import report as sim_report
+    monkeypatch.setattr(sim_report, "simulate", _fake_simulate(sim_report.simulate))
     with pytest.raises(MismatchError, match=r"differs from the golden model in 2 values(.|\n)*candidate 17 != 18"):
         run_demo(tmp_path, samples=1, build=False, lanes=2, train_config=tiny_config(), progress=False)
     assert not (tmp_path / "report.json").exists()
@@ -287,7 +292,7 @@ def run_cli(argv, capsys):
     return code, captured.out, captured.err
 
 
-@needs_iverilog
+@needs_simulator
 def test_cli_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, err = run_cli(["demo", "--out", str(out), "--epochs", "3", "--samples", "1", "--lanes", "8",
@@ -301,7 +306,7 @@ def test_cli_demo(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["demo"], "no temporary directory is left"
 
 
-@needs_iverilog
+@needs_simulator
 def test_cli_demo_mismatch_exits_1_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     # run_demo's own mismatch path is tested above; here, what the CLI makes of it: the files
     # written before the failure vanish with the temporary directory, and the status is 1.
@@ -336,7 +341,7 @@ def test_cli_demo_errors(tmp_path, capsys, argv, message):
 
 
 def test_cli_demo_build_errors_exit_2_and_leave_nothing(tmp_path, capsys, monkeypatch):
-    from boards.build import BuildError
+    from egru_accel.boards.build import BuildError
 
     def failing_run_demo(out_dir, **kwargs):
         with open(os.path.join(out_dir, "model.npz"), "w") as f:
@@ -349,11 +354,16 @@ def test_cli_demo_build_errors_exit_2_and_leave_nothing(tmp_path, capsys, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_demo_without_iverilog(tmp_path, capsys, monkeypatch):
-    real_which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "iverilog" else real_which(name, *a, **k))
+def test_cli_demo_without_a_simulator(tmp_path, capsys, monkeypatch):
+    from egru_accel.sim import runner
+    monkeypatch.setattr(runner, "available_simulators", lambda: ("verilator",))
+    code, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--no-build", "--lanes", "2",
+                            "--simulator", "icarus"], capsys)
+    assert code == 2 and "egru-accel: error: Icarus Verilog is not installed" in err
+    monkeypatch.setattr(runner, "available_simulators", lambda: ())
+    monkeypatch.setenv("EGRU_SIMULATOR", "")
     code, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--no-build", "--lanes", "2"], capsys)
-    assert code == 2 and "Icarus Verilog is not installed" in err
+    assert code == 2 and "egru-accel: error: no simulator is installed" in err
     assert list(tmp_path.iterdir()) == []
 
 

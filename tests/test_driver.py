@@ -5,14 +5,14 @@ import struct
 import numpy as np
 import pytest
 
-from firmware.driver import DeviceTransport, EGRUDevice
-from firmware.image import build_image
-from firmware.protocol import (STATUS_FORMAT, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, RESPONSE_SOF, Command, FrameDecoder,
+from egru_accel.firmware.driver import DeviceTransport, EGRUDevice
+from egru_accel.firmware.image import build_image
+from egru_accel.firmware.protocol import (STATUS_FORMAT, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, RESPONSE_SOF, Command, FrameDecoder,
                                ProtocolError, Status, encode_request, encode_response)
-from firmware.reference import ReferenceDevice, model_from_words
-from hw.params import CoreParams
-from quantize import golden
-from quantize.random_model import random_inputs, random_model
+from egru_accel.firmware.reference import ReferenceDevice, model_from_words
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize import golden
+from egru_accel.quantize.random_model import random_inputs, random_model
 
 
 def compatible_pair():
@@ -21,7 +21,7 @@ def compatible_pair():
     for seed in range(2, 400):  # widths come from each model's bounds: few random pairs share them
         b = random_model(inputs=4, hidden=[6, 5], outputs=3, weight_sparsity=0.6, seed=seed)
         pb = CoreParams.from_model(b, lanes=2)
-        if not pb.mismatches(pa.summary()):
+        if not pb.layout.mismatches(pa.layout):
             return a, pa, b, pb
     pytest.fail("no compatible model")
 
@@ -129,19 +129,19 @@ def test_long_runs_split_into_frames():
     runs = sent[1:]                      # after INFO
     assert max(runs) <= MAX_PAYLOAD and sum(runs) == x.size and len(runs) == 3
     # Each response (steps * outputs * 4 bytes) is longer than a request may be.
-    assert MAX_PAYLOAD // pa.input_size * pa.outputs * 4 > MAX_PAYLOAD
+    assert MAX_PAYLOAD // pa.layout.input_size * pa.layout.outputs * 4 > MAX_PAYLOAD
 
 
 def test_run_frame_errors_and_input_wrap():
     a, pa, _, _ = compatible_pair()
     ref = ReferenceDevice(pa)
     dec = FrameDecoder(RESPONSE_SOF, max_payload=MAX_RESPONSE_PAYLOAD)
-    for payload in (b"", bytes(pa.input_size + 1)):
+    for payload in (b"", bytes(pa.layout.input_size + 1)):
         (resp,) = dec.feed(ref.receive(encode_request(Command.RUN, payload)))
         assert resp.code == Status.BAD_LENGTH
     # A device without a model refuses RUN until a load succeeds.
     empty = ReferenceDevice(pa, model_at_reset=False)
-    (resp,) = dec.feed(empty.receive(encode_request(Command.RUN, bytes(pa.input_size))))
+    (resp,) = dec.feed(empty.receive(encode_request(Command.RUN, bytes(pa.layout.input_size))))
     assert resp.code == Status.NO_MODEL
     dev = EGRUDevice(DeviceTransport(empty))
     dev.load(build_image(pa))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantize.egru import (EGRULayer, EGRUNet, StateDictError, layer_from_evnn_state_dict, run_egru)
+from egru_accel.quantize.egru import (EGRULayer, EGRUNet, StateDictError, layer_from_evnn_state_dict, run_egru)
 
 
 def reference_egru(x, W, R, bx, bh, thr):
@@ -94,7 +94,7 @@ def test_threshold_used_clamped_to_unit_interval_like_evnn():
 def test_pseudo_derivative():
     layer = EGRULayer(1, 1, dampening_factor=0.7, pseudo_derivative_support=2.0,
                       generator=torch.Generator().manual_seed(0)).double()
-    from quantize.egru import SpikeFunction
+    from egru_accel.quantize.egru import SpikeFunction
     v = torch.tensor([-1.0, -0.25, 0.0, 0.25, 1.0], dtype=torch.float64, requires_grad=True)
     SpikeFunction.apply(v, 0.7, 2.0).sum().backward()
     expected = 0.7 * np.maximum(0.0, 1 - 2.0 * np.abs(v.detach().numpy()))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from quantize import formats as F
-from quantize.formats import NumberFormats
+from egru_accel.quantize import formats as F
+from egru_accel.quantize.formats import NumberFormats
 
 
 def test_round_shift_is_round_half_up():

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from quantize import formats as F
-from quantize import golden
-from quantize.egru import EGRUNet
-from quantize.formats import NumberFormats
-from quantize.model import QuantModel
-from quantize.prune import apply_masks
-from quantize.qat import export, quant_forward_ints
+from egru_accel.quantize import formats as F
+from egru_accel.quantize import golden
+from egru_accel.quantize.egru import EGRUNet
+from egru_accel.quantize.formats import NumberFormats
+from egru_accel.quantize.model import QuantModel
+from egru_accel.quantize.prune import apply_masks
+from egru_accel.quantize.qat import export, quant_forward_ints
 
 
 def random_net(rng, *, inputs, hidden, outputs, sparsity=0.0, lanes=None):

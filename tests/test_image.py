@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.image import (MAGIC, ImageChecker, ImageError, build_image, check_image, first_kind, hardware_signature,
+from egru_accel.firmware.image import (MAGIC, ImageChecker, ImageError, build_image, check_image, first_kind, hardware_signature,
                             image_layout, parse_image)
-from hw.params import MEMORIES, CoreParams
-from quantize.random_model import random_model
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize.memory import LOADABLE, MemoryId
+from egru_accel.quantize.random_model import random_model
 
 
 def params_for(seed=0, hidden=(9, 6), lanes=2):
@@ -25,8 +26,8 @@ def test_round_trip_every_word():
     assert (img.lanes, img.inputs, img.outputs, img.hidden) == (2, 4, 3, (9, 6))
     assert img.formats == p.formats and img.signature == hardware_signature(p)
     for lane in range(p.lanes):
-        for mem, words in enumerate((p.weights[lane], p.row_ptr[lane], p.consts[lane], p.readout_bias[lane])):
-            assert img.words(mem, lane) == tuple(words), MEMORIES[mem]
+        for mem in LOADABLE:
+            assert img.words(mem, lane) == tuple(p.words(mem, lane)), mem.label
 
 
 @settings(max_examples=40, deadline=None)
@@ -75,9 +76,8 @@ def test_streaming_check_accepts_and_writes_every_word():
     checker = ImageChecker(image_layout(p))
     writes = [w for w in (checker.feed(b) for b in build_image(p)) if w is not None]
     assert first_kind(checker.finish()) is None and check_image(build_image(p), p) is None
-    expected = [(mem, lane, addr, word) for lane in range(p.lanes)
-                for mem, words in enumerate((p.weights[lane], p.row_ptr[lane], p.consts[lane], p.readout_bias[lane]))
-                for addr, word in enumerate(words)]
+    expected = [(mem, lane, addr, word) for lane in range(p.lanes) for mem in LOADABLE
+                for addr, word in enumerate(p.words(mem, lane))]
     assert writes == expected
 
 
@@ -86,7 +86,7 @@ def test_streaming_check_kinds_by_region():
     blob = build_image(p)
     lay = image_layout(p)
     F, H = len(lay.fixed), lay.header_length
-    assert len(lay.fixed) == 20 + 2 * p.layers + 11 + 2 and H == F + 12 * 4 * p.lanes
+    assert len(lay.fixed) == 20 + 2 * p.layout.n_layers + 11 + 2 and H == F + 12 * 4 * p.lanes
 
     def flipped(pos):
         b = bytearray(blob)
@@ -102,11 +102,11 @@ def test_streaming_check_kinds_by_region():
         "magic": [flipped(0), flipped(3), blob[:3], b""],
         "version": [patched(4, "<H", 2)],
         "crc": [flipped(4 + 4), flipped(F + 5), flipped(H + 1), flipped(len(blob) - 1), blob[:-1], blob + b"\0"],
-        "signature": [patched(8, "<I", hardware_signature(p) ^ 1), patched(16, "<H", p.input_size + 1),
+        "signature": [patched(8, "<I", hardware_signature(p) ^ 1), patched(16, "<H", p.layout.input_size + 1),
                       build_image(params_for(hidden=(10, 6)))],
         "section": [patched(6, "<H", H + 1), patched(F - 2, "<H", 4 * p.lanes - 1),
                     patched(F + 12, "<B", 2),                              # section 1 claims memory 2
-                    patched(F + 4, "<I", p.mem_depth(0) + 1),              # more words than the memory
+                    patched(F + 4, "<I", p.layout.depth(MemoryId.WEIGHTS) + 1),  # more words than the memory
                     patched(F + 8, "<I", H + 1),                           # data offset
                     _recrc(blob[:-4] + b"\0\0" + blob[-4:])],              # goes past the end
     }

@@ -6,14 +6,14 @@ import pytest
 from amaranth.hdl import Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hw.lane import _lut_index
-from hw.params import CoreParams
-from quantize import formats as F
-from quantize import golden
-from quantize.formats import NumberFormats
-from quantize.model import QuantLayer, QuantModel, QuantReadout
-from sim.amaranth_tb import run_core
-from sim.compare import compare_run
+from egru_accel.hw.lane import _lut_index
+from egru_accel.hw.params import CoreParams
+from egru_accel.quantize import formats as F
+from egru_accel.quantize import golden
+from egru_accel.quantize.formats import NumberFormats
+from egru_accel.quantize.model import QuantLayer, QuantModel, QuantReadout
+from egru_accel.sim.amaranth_tb import run_core
+from egru_accel.sim.compare import compare_run
 
 
 @pytest.mark.parametrize("shift, lut_bits", [(14, 8), (3, 6), (0, 5), (-2, 7)])
@@ -44,7 +44,7 @@ def test_back_to_back_updates_of_one_accumulator():
     """Every row holds one weight, all in the same column: consecutive entries update the
     same accumulator in consecutive cycles, which only the transparent read port gets right.
     Fine formats (accumulator grid = table grid) make every lost product visible."""
-    from quantize.random_model import FINE_FORMATS
+    from egru_accel.quantize.random_model import FINE_FORMATS
     fmt = NumberFormats(input_frac=6, **FINE_FORMATS)
     I, H = 6, 3
     W = np.zeros((I, 3 * H), dtype=np.int64)

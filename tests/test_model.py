@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from quantize.model import ModelError, QuantModel
+from egru_accel.quantize.model import ModelError, QuantModel
 from test_packer import random_model
 
 

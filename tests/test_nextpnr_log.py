@@ -2,7 +2,7 @@
 
 import pytest
 
-from boards.nextpnr import parse_nextpnr_log
+from egru_accel.boards.nextpnr import parse_nextpnr_log
 
 ECP5 = """Info: Device utilisation:
 Info: 	          TRELLIS_IO:       2/    365     0%

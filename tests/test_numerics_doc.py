@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 
-from quantize import golden
-from quantize.formats import NumberFormats
-from quantize.model import QuantLayer, QuantModel, QuantReadout
+from egru_accel.quantize import golden
+from egru_accel.quantize.formats import NumberFormats
+from egru_accel.quantize.model import QuantLayer, QuantModel, QuantReadout
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "numerics.md")
 

@@ -5,10 +5,12 @@ import pytest
 from hypothesis import given, settings, HealthCheck
 from hypothesis import strategies as st
 
-from quantize.formats import NumberFormats
-from quantize.lanes import lane_of, local_index
-from quantize.model import QuantLayer, QuantModel, QuantReadout
-from quantize.packer import CapacityError, MEMORY_KINDS, check_capacity, pack, unpack
+from egru_accel.quantize import golden
+from egru_accel.quantize.formats import NumberFormats
+from egru_accel.quantize.lanes import lane_of, local_index
+from egru_accel.quantize.memory import MemoryId
+from egru_accel.quantize.model import QuantLayer, QuantModel, QuantReadout
+from egru_accel.quantize.packer import CapacityError, MEMORY_NAMES, check_capacity, pack, unpack
 
 
 def random_model(rng, inputs, hidden, outputs, sparsity, fmt=None):
@@ -49,20 +51,28 @@ def test_unpack_pack_round_trip(p):
     model = random_model(rng, p["inputs"], p["hidden"], p["outputs"], p["sparsity"])
     lanes = min(p["lanes"], min(p["hidden"]))
     packed = pack(model, lanes)
-    assert unpack(packed) == model
+    folded = model.fold_biases()
+    assert unpack(packed) == folded
+    # The folded biases compute the same integers.
+    x = rng.integers(-128, 128, size=(3, 2, p["inputs"]))
+    a, b = golden.run(model, x), golden.run(folded, x)
+    assert np.array_equal(a.logits, b.logits) and all(np.array_equal(u, v) for u, v in zip(a.candidate, b.candidate))
     # Every weight memory holds exactly the non-zero weights, and each lane only its own neurons.
-    for l, (img, layer) in enumerate(zip(packed.layers, model.layers)):
-        assert sum(len(lane.weights) for lane in img.lanes) == np.count_nonzero(layer.W) + np.count_nonzero(layer.R)
-        lengths = img.row_lengths()
+    lay = packed.layout
+    nnz = sum(np.count_nonzero(l.W) + np.count_nonzero(l.R) for l in model.layers) + np.count_nonzero(model.readout.W)
+    assert sum(packed.entries_per_lane()) == nnz
+    lengths = [lay.word(MemoryId.ROW_PTR).unpack(packed.words(MemoryId.ROW_PTR, p_))["length"] for p_ in range(lanes)]
+    for l, layer in enumerate(model.layers):
         M = np.concatenate([layer.W, layer.R])
         H = layer.hidden_size
         for p_ in range(lanes):
             cols = [c for c in range(3 * H) if lane_of(c % H, lanes) == p_]
-            assert lengths[p_].tolist() == [int(np.count_nonzero(M[j, cols])) for j in range(M.shape[0])]
-    assert sum(len(lane.weights) for lane in packed.readout.lanes) == np.count_nonzero(model.readout.W)
+            got = lengths[p_][lay.row_base[l]:lay.row_base[l] + M.shape[0]]
+            assert got.tolist() == [int(np.count_nonzero(M[j, cols])) for j in range(M.shape[0])]
     dense = pack(model, lanes, dense=True)
-    assert unpack(dense) == model
-    assert sum(len(lane.weights) for lane in dense.layers[0].lanes) == model.layers[0].W.size + model.layers[0].R.size
+    assert unpack(dense) == folded
+    dense_entries = sum(l.W.size + l.R.size for l in model.layers) + model.readout.W.size
+    assert sum(dense.entries_per_lane()) == dense_entries
 
 
 def test_word_layout_of_one_entry():
@@ -75,11 +85,12 @@ def test_word_layout_of_one_entry():
                                                        theta=np.zeros(2))],
                        readout=QuantReadout(W=np.zeros((2, 1)), shift=7, bias=np.zeros(1)))
     packed = pack(model, 2)
-    lane1 = packed.layers[0].lanes[1]  # neuron 1 lives in lane 1 at local index 0
-    assert lane1.weights.tolist() == [(-3 & 0xFF) | (2 << 8) | (0 << 10)]
-    assert packed.layers[0].addr_bits == 1  # holds starts 0 and 1
-    assert lane1.row_ptr.tolist() == [0 | (1 << 1), 1, 1]  # row 0: start 0, length 1; then empty rows at 1
-    assert packed.layers[0].lanes[0].weights.tolist() == []
+    # Neuron 1 lives in lane 1 at local index 0: value -3, gate 2 (g), target 0.
+    assert packed.words(MemoryId.WEIGHTS, 1).tolist() == [(-3 & 0xFF) | (2 << 8) | (0 << 10)]
+    assert packed.layout.addr_bits == 1 and packed.layout.len_bits == 1  # starts 0 and 1, lengths 0 and 1
+    # Rows: layer 0's input 0 (start 0, length 1), its neurons 0 and 1, the readout's two rows (empty, at 1).
+    assert packed.words(MemoryId.ROW_PTR, 1).tolist() == [0 | (1 << 1), 1, 1, 1, 1]
+    assert packed.words(MemoryId.WEIGHTS, 0).tolist() == []
     assert local_index(1, 2) == 0
 
 
@@ -91,12 +102,12 @@ def test_capacity_check(p, budget):
     lanes = min(p["lanes"], min(p["hidden"]))
     packed = pack(model, lanes)
     need = packed.memory_bits()
-    assert need["total"] == sum(need[k] for k in MEMORY_KINDS)
+    assert need["total"] == sum(need[k] for k in MEMORY_NAMES)
     if need["total"] > budget:
         with pytest.raises(CapacityError, match=rf"needs {need['total']} bits .* budget has {budget} bits available"):
             pack(model, lanes, budget=budget)
     else:
-        assert unpack(pack(model, lanes, budget=budget)) == model
+        assert unpack(pack(model, lanes, budget=budget)) == model.fold_biases()
     # A per-kind budget one bit short of the weight memory names that kind.
     if need["weights"]:
         with pytest.raises(CapacityError, match=rf"weights: needs {need['weights']} bits, {need['weights'] - 1} bits available"):
@@ -115,7 +126,7 @@ def test_pack_errors():
         pack(model, 0)
     with pytest.raises(TypeError, match="pack takes a QuantModel"):
         pack({}, 1)
-    with pytest.raises(ValueError, match="unknown memory kinds"):
+    with pytest.raises(ValueError, match="unknown memories in budget"):
         pack(model, 1, budget={"dram": 10})
     with pytest.raises(ValueError, match="budget must be >= 0"):
         pack(model, 1, budget=-1)

@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantize.egru import EGRUNet
-from quantize.lanes import lane_columns
-from quantize.prune import PruningSchedule, apply_masks, magnitude_mask
+from egru_accel.quantize.egru import EGRUNet
+from egru_accel.quantize.lanes import lane_columns
+from egru_accel.quantize.prune import PruningSchedule, apply_masks, magnitude_mask
 
 
 @settings(max_examples=80, deadline=None)

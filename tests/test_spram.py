@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from amaranth.back import verilog
 
-from hw.spram import ICE40WeightRAM, SPRAM_WORDS, spram_blocks
+from egru_accel.hw.spram import ICE40WeightRAM, SPRAM_WORDS, spram_blocks
 
 
 def _cells_sim() -> Path | None:

@@ -6,11 +6,12 @@ import re
 import pytest
 from amaranth.sim import Simulator
 
-from firmware.protocol import RESPONSE_SOF, Command, FrameDecoder, Status, encode_request
-from firmware.reference import ReferenceDevice, info_payload
-from hw.params import CoreParams
-from hw.system import ACTIVITY_HOLD_S, ACTIVITY_PRESCALE, EGRUSystem, uart_divisor
-from quantize.random_model import random_model
+from egru_accel.firmware.protocol import RESPONSE_SOF, Command, FrameDecoder, Status, encode_request
+from egru_accel.firmware.image import info_payload
+from egru_accel.firmware.reference import ReferenceDevice
+from egru_accel.hw.params import CoreParams
+from egru_accel.hw.system import ACTIVITY_HOLD_S, ACTIVITY_PRESCALE, EGRUSystem, uart_divisor
+from egru_accel.quantize.random_model import random_model
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def params():
 
 
 def test_divisor_and_baud_rate(params):
-    system = EGRUSystem(params, clk_hz=12_000_000)
+    system = EGRUSystem(params.replace_config(clk_hz=12_000_000))
     system._MustUse__silence = True       # not elaborated here
     assert system.divisor == round(12_000_000 / 115200) == 104
     assert system.baud_actual == 12_000_000 / 104
@@ -48,19 +49,22 @@ def test_divisor_and_baud_rate(params):
      "model_at_reset=True needs weights the bitstream initialises; weight_ram='ice40_spram' starts empty"),
 ])
 def test_constructor_errors(params, kwargs, error, message):
+    # The configuration checks its numbers and choices, the system the UART divisor.
     with pytest.raises(error, match="^" + re.escape(message) + "$"):
-        EGRUSystem(params, **kwargs)
+        EGRUSystem(params.replace_config(**kwargs))
 
 
 def test_params_must_be_core_params(params):
-    with pytest.raises(TypeError, match="^params must be CoreParams, not QuantModel$"):
-        EGRUSystem(params.model, clk_hz=12e6)
+    with pytest.raises(TypeError, match="^params must be CoreParams, not PackedModel$"):
+        EGRUSystem(params.packed)
+    with pytest.raises(ValueError, match=r"^a system needs its clock frequency: params.config.clk_hz is None$"):
+        EGRUSystem(params)
 
 
 def test_spram_system_starts_without_model(params):
-    system = EGRUSystem(params, clk_hz=12e6, weight_ram="ice40_spram")
+    system = EGRUSystem(params.replace_config(clk_hz=12e6, weight_ram="ice40_spram"))
     system._MustUse__silence = True
-    assert system.model_at_reset is False and system.weight_ram == "ice40_spram"
+    assert system.model_at_reset is False and system.params.config.weight_ram == "ice40_spram"
 
 
 def test_info_request_at_the_bit_level(params):
@@ -69,7 +73,7 @@ def test_info_request_at_the_bit_level(params):
     the model, the activity (held ACTIVITY_HOLD_S after the last byte) and the error."""
     baud, divisor = 9600, 8                 # a slow clock keeps the activity hold short
     clk_hz = baud * divisor
-    system = EGRUSystem(params, clk_hz=clk_hz, baud=baud)
+    system = EGRUSystem(params.replace_config(clk_hz=clk_hz, baud=baud))
     bad_crc = bytearray(encode_request(Command.STATUS))
     bad_crc[-1] ^= 0x01
     requests = [encode_request(Command.INFO), bytes(bad_crc)]

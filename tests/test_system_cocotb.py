@@ -12,20 +12,17 @@ from amaranth.hdl import Module
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from firmware.image import ImageError, build_image, hardware_signature, parse_image
-from hw.params import CoreParams
-from hw.uart import UARTRx, UARTTx
-from quantize import golden
-from quantize.random_model import random_inputs, random_model
-from sim.runner import run_cocotb, write_json_config
-from sim.system_round_trip import corrupted_images, negated_model, run_round_trip, without_weight_min
-from sim.uart_cocotb import SimTransport, UARTSink, UARTSource
-from sim.verilog import write_verilog
+from egru_accel.firmware.image import ImageError, build_image, hardware_signature, parse_image
+from egru_accel.hw.params import CoreParams
+from egru_accel.hw.uart import UARTRx, UARTTx
+from egru_accel.quantize import golden
+from egru_accel.quantize.random_model import random_inputs, random_model
+from egru_accel.sim.runner import run_cocotb, write_json_config
+from egru_accel.sim.system_round_trip import corrupted_images, negated_model, run_round_trip, without_weight_min
+from egru_accel.sim.uart_cocotb import SimTransport, UARTSink, UARTSource
+from egru_accel.sim.verilog import write_verilog
+from helpers import needs_simulator
 
-needs_iverilog = pytest.mark.skipif(
-    shutil.which("iverilog") is None or shutil.which("vvp") is None,
-    reason="Icarus Verilog (iverilog/vvp) is not installed; `apt-get install iverilog` to run simulation tests",
-)
 
 
 class UARTEcho(wiring.Component):
@@ -49,7 +46,7 @@ class UARTEcho(wiring.Component):
         return m
 
 
-@needs_iverilog
+@needs_simulator
 @pytest.mark.parametrize("divisor", [4, 8])
 def test_uart_models_and_transport_against_hw_uart(tmp_path, divisor):
     data = [int(v) for v in np.random.default_rng(divisor).integers(0, 256, 24)] + [0x00, 0xFF, 0x5A, 0xA5]
@@ -57,7 +54,7 @@ def test_uart_models_and_transport_against_hw_uart(tmp_path, divisor):
     write_verilog(UARTEcho(divisor=divisor), verilog, name="echo")
     config = {"divisor": divisor, "period_ns": 10, "clk_hz": 115200 * divisor, "data": data, "timeout_s": 0.0005}
     env = write_json_config(config, path=tmp_path / "config.json")
-    results = run_cocotb(verilog_sources=[verilog], toplevel="echo", test_module="sim.uart_cocotb_test",
+    results = run_cocotb(verilog_sources=[verilog], toplevel="echo", test_module="egru_accel.sim.uart_cocotb_test",
                          build_dir=tmp_path / "sim", extra_env=env, timeout_s=120)
     assert results.passed == 1 and results.failed == 0
 
@@ -98,7 +95,7 @@ def check_round_trip(tmp_path, model_a, lanes: int, x, *, divisor: int, timeout_
     return report
 
 
-@needs_iverilog
+@needs_simulator
 def test_host_driver_round_trip_load_run_and_reject_corrupted_images(tmp_path):
     """The issue's acceptance test: model A in the bitstream, image B (A negated) loaded at
     run time, every corrupted image rejected with the reference device's status while B
@@ -109,7 +106,7 @@ def test_host_driver_round_trip_load_run_and_reject_corrupted_images(tmp_path):
     check_round_trip(tmp_path, model_a, 2, x, divisor=4, timeout_s=400)
 
 
-@needs_iverilog
+@needs_simulator
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("EGRU_SLOW_SIM"), reason="digits-sized round trip (about 10 minutes): set EGRU_SLOW_SIM=1")
 def test_digits_sized_round_trip(tmp_path):

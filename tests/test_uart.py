@@ -5,7 +5,7 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
-from hw.uart import UARTRx, UARTTx
+from egru_accel.hw.uart import UARTRx, UARTTx
 
 
 @pytest.mark.parametrize("divisor", [4, 7, 16])

@@ -1,0 +1,55 @@
+"""Helpers shared by test modules (imported as ``helpers``: pytest puts tests/ on sys.path)."""
+
+import shutil
+
+import pytest
+
+from egru_accel.sim.runner import SimulatorNotFoundError, available_simulators, default_simulator
+
+
+def chosen_simulator() -> str | None:
+    """The simulator of this test session (``--simulator``, ``$EGRU_SIMULATOR`` or the fastest
+    installed), or ``None`` if it is not installed."""
+    try:
+        simulator = default_simulator()
+    except SimulatorNotFoundError:
+        return None
+    return simulator if simulator in available_simulators() else None
+
+
+#: Skips a test that runs cocotb when the session's simulator is not installed.
+needs_simulator = pytest.mark.skipif(
+    chosen_simulator() is None,
+    reason="the chosen simulator is not installed (scripts/setup.sh installs Icarus Verilog and Verilator)")
+
+#: Skips a test that compares both simulators unless both are installed.
+needs_both_simulators = pytest.mark.skipif(
+    set(available_simulators()) != {"icarus", "verilator"},
+    reason="needs Icarus Verilog and Verilator >= 5.036 (scripts/setup.sh installs both)")
+
+#: Skips a test that runs iverilog directly (not through cocotb).
+needs_iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog is not installed")
+
+
+def check_memory_bits(params):
+    """The packer's bits, memory by memory and lane by lane, against the generated Verilog's."""
+    from amaranth.back import verilog
+
+    from egru_accel.hw.core import EGRUCore
+    from egru_accel.quantize.memory import MemoryId
+    from egru_accel.sim.verilog import verilog_memories
+
+    lay = params.layout
+    text = verilog.convert(EGRUCore(params), name="egru_core", emit_src=False)
+    found = verilog_memories(text)
+    built = {}
+    for (module, name), (width, depth) in found.items():
+        assert module.startswith("egru_core.lane"), module   # every memory lives in a lane
+        built.setdefault(name, []).append(width * depth)
+        mem = MemoryId[name.upper()]
+        assert (width, depth) == (lay.word(mem).width, lay.depth(mem)), (module, name)
+    bits = lay.memory_bits()
+    assert set(built) == {m.label for m in MemoryId}
+    assert {name: sum(b) for name, b in built.items()} == {m.label: bits[m.label] for m in MemoryId}
+    assert sum(w * d for w, d in found.values()) == bits["total"] == params.summary()["memory_bits_total"]
+    assert all(len(b) == params.lanes for b in built.values())
