@@ -127,7 +127,8 @@ def cmd_train(args) -> int:
                             f"{len(init)} imported layers of {sizes[0]} neurons")
         args.layers, args.hidden = len(init), sizes[0]
     cfg = TrainConfig(task=args.task, hidden=args.hidden, layers=args.layers, epochs=args.epochs,
-                      weight_sparsity=args.weight_sparsity, lanes=args.lanes, seed=args.seed)
+                      weight_sparsity=args.weight_sparsity, lanes=args.lanes, structure=args.structure,
+                      weight_bits=args.weight_bits, seed=args.seed)
     try:
         cfg.validate()
     except (TypeError, ValueError) as e:
@@ -437,6 +438,7 @@ def _train_summary(r: dict, out: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from egru_accel.quantize.data import TASKS
     from egru_accel.quantize.train import TrainConfig
+    from egru_accel.quantize.prune import STRUCTURES
     d = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="egru-accel",
@@ -459,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target fraction of zero weights in every kernel, in [0, 1) (default: %(default)s)")
     p.add_argument("--lanes", type=_positive_int, default=d.lanes,
                    help="balance the pruning across this many hardware lanes (default: %(default)s)")
+    p.add_argument("--structure", choices=STRUCTURES, default=d.structure,
+                   help="sparsity structure: any weight (unstructured) or blocks of P neurons of one gate "
+                        "that share one target in the lanes (lane-block) (default: %(default)s)")
+    p.add_argument("--weight-bits", type=int, choices=range(2, 9), default=d.weight_bits, metavar="B",
+                   help="signed bits of every weight, 2 to 8 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     p.add_argument("--init-evnn", nargs="+", metavar="FILE",
                    help="start from EvNN EGRU state_dicts (torch.save files), one per layer, bottom first")

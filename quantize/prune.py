@@ -1,5 +1,19 @@
 """Gradual magnitude pruning (Zhu & Gupta, 2017) of the kernels, optionally balanced across lanes.
 
+Two sparsity structures, the two that the core's weight memories can feed:
+
+- ``"unstructured"``: any weight may be pruned. With ``lanes``, every row keeps the same number of
+  weights in each lane's columns, so the lanes step through a row together (each entry carries
+  its own target in every lane).
+- ``"lane-block"``: weights are kept or pruned in blocks of ``lanes`` consecutive neurons of one
+  gate, the P neurons at one local index of the P lanes (:mod:`quantize.lanes`); one entry then
+  feeds all lanes with one shared target, and a wide weight memory gives a weight to every lane
+  at one address.
+- ``"lane-window"``: one entry gives every lane one weight inside a window of ``WINDOW`` consecutive
+  local neurons of one gate, the window shared and the offset in it per lane; the pruning is
+  balanced per window (each window keeps the same number of weights in every lane). With 4-bit
+  weights an entry for 8 lanes is one 64-bit word (8 x (4 + 3) bits and an 8-bit window).
+
 Masks live in each layer's ``kernel_mask`` / ``recurrent_kernel_mask`` buffers; the forward
 multiplies weights by them, so pruned weights get no gradient and stay zero while the
 remaining ones are fine-tuned.
@@ -14,7 +28,19 @@ import torch
 from .egru import EGRUNet
 from .lanes import check_lanes, lane_columns, lane_size
 
-__all__ = ["check_sparsity", "magnitude_mask", "PruningSchedule", "apply_masks"]
+__all__ = ["STRUCTURES", "WINDOW", "check_sparsity", "check_structure", "magnitude_mask", "block_mask", "window_mask",
+           "PruningSchedule", "apply_masks"]
+
+STRUCTURES = ("unstructured", "lane-block", "lane-window")
+WINDOW = 8    # local neurons per lane in a lane-window
+
+
+def check_structure(structure, lanes: int | None) -> str:
+    if structure not in STRUCTURES:
+        raise ValueError(f"sparsity structure must be one of {', '.join(STRUCTURES)}, not {structure!r}")
+    if structure != "unstructured" and lanes is None:
+        raise ValueError(f"{structure} sparsity needs a lane count")
+    return structure
 
 
 def check_sparsity(sparsity, name: str = "weight sparsity") -> float:
@@ -77,14 +103,62 @@ def magnitude_mask(w: torch.Tensor, sparsity: float, *, lanes: int | None = None
     return mask.to(w.dtype)
 
 
+def block_mask(w: torch.Tensor, sparsity: float, *, lanes: int, gates: int = 3) -> torch.Tensor:
+    """Keep the blocks of ``w`` [rows, gates * H] with the largest L1 norm at the given sparsity.
+
+    A block is one row, one gate and one local index ``b``: the columns of neurons
+    ``b * lanes .. b * lanes + lanes - 1`` (fewer in the last block when ``lanes`` does not divide
+    H). A kept block keeps all its weights. The number of kept blocks is
+    ``floor((1 - sparsity) * blocks)``, so the weight sparsity is the block sparsity (exactly, when
+    ``lanes`` divides H)."""
+    sparsity = check_sparsity(sparsity)
+    lanes = check_lanes(lanes)
+    mag = w.detach().abs().float()
+    rows = mag.shape[0]
+    H = w.shape[1] // gates
+    nblocks = -(-H // lanes)
+    pad = nblocks * lanes - H
+    by_gate = mag.reshape(rows, gates, H)
+    padded = torch.cat([by_gate, torch.zeros(rows, gates, pad)], dim=2)
+    score = padded.reshape(rows, gates, nblocks, lanes).sum(dim=3)
+    keep = int(math.floor((1.0 - sparsity) * score.numel() + 1e-9))
+    kept = _top_k_mask(score.reshape(-1), keep).reshape(rows, gates, nblocks, 1)
+    mask = kept.expand(rows, gates, nblocks, lanes).reshape(rows, gates, nblocks * lanes)[:, :, :H]
+    return mask.reshape(w.shape).to(w.dtype)
+
+
+def window_mask(w: torch.Tensor, sparsity: float, *, lanes: int, gates: int = 3) -> torch.Tensor:
+    """Lane-window pruning of ``w`` [rows, gates * H]: window ``b`` of a gate holds the neurons
+    ``b * WINDOW * lanes .. (b + 1) * WINDOW * lanes - 1`` (local indices ``b * WINDOW ..`` in every
+    lane); each window keeps the same number of weights in every lane (the balanced
+    :func:`magnitude_mask` with windows as its rows), so an entry feeds all lanes."""
+    sparsity = check_sparsity(sparsity)
+    lanes = check_lanes(lanes)
+    rows, H = w.shape[0], w.shape[1] // gates
+    span = WINDOW * lanes
+    nwin = -(-H // span)
+    pad = nwin * span - H
+    by_gate = w.detach().reshape(rows, gates, H)
+    padded = torch.cat([by_gate, torch.zeros(rows, gates, pad, dtype=w.dtype)], dim=2)
+    windows = padded.reshape(rows * gates * nwin, span)
+    # Padding columns are zero, so they are never kept before a real weight of the same lane;
+    # the sparsity is over real weights: scale it so the budget counts them only.
+    real = rows * gates * H
+    keep = (1.0 - sparsity) * real / windows.numel()
+    mask = magnitude_mask(windows, min(max(1.0 - keep, 0.0), 0.999999), lanes=lanes, gates=1)
+    mask = mask.reshape(rows, gates, nwin * span)[:, :, :H]
+    return mask.reshape(w.shape).to(w.dtype)
+
+
 class PruningSchedule:
     """Cubic sparsity ramp from 0 to ``target`` between steps ``begin`` and ``end``:
     ``s(t) = target * (1 - (1 - (t - begin) / (end - begin))**3)``; masks are
     recomputed every ``every`` steps and held after ``end``."""
 
     def __init__(self, target: float, *, begin: int, end: int, every: int = 10,
-                 lanes: int | None = None, readout_target: float = 0.0):
+                 lanes: int | None = None, readout_target: float = 0.0, structure: str = "unstructured"):
         self.target = check_sparsity(target, "target sparsity")
+        self.structure = check_structure(structure, lanes)
         self.readout_target = check_sparsity(readout_target, "readout sparsity")
         if not 0 <= begin < end:
             raise ValueError(f"pruning needs 0 <= begin < end, got begin={begin}, end={end}")
@@ -107,25 +181,40 @@ class PruningSchedule:
         if step < self.begin or step > self.end or ((step - self.begin) % self.every and step != self.end):
             return False
         apply_masks(net, self.sparsity_at(step), lanes=self.lanes,
-                    readout_sparsity=self.readout_target * self.ramp(step))
+                    readout_sparsity=self.readout_target * self.ramp(step), structure=self.structure)
         return True
 
 
-def apply_masks(net: EGRUNet, sparsity: float, *, lanes: int | None = None, readout_sparsity: float = 0.0):
+def apply_masks(net: EGRUNet, sparsity: float, *, lanes: int | None = None, readout_sparsity: float = 0.0,
+                structure: str = "unstructured"):
     """Set every layer's kernel and recurrent-kernel masks (and the readout's) by magnitude
-    and zero the pruned weights."""
+    and zero the pruned weights, in the given sparsity structure."""
+    check_structure(structure, lanes)
+    blocks = structure == "lane-block"
+    windows = structure == "lane-window"
     with torch.no_grad():
         if readout_sparsity:
-            # Balanced over the lanes that own outputs (all of them unless O < P).
+            # Balanced over the lanes that own outputs (all of them unless O < P); lane-block:
+            # blocks of P outputs.
             outputs = net.readout_weight.shape[1]
-            mask = magnitude_mask(net.masked_readout(), readout_sparsity, gates=1,
-                                  lanes=min(lanes, outputs) if lanes else None)
+            if blocks:
+                mask = block_mask(net.masked_readout(), readout_sparsity, gates=1, lanes=lanes)
+            elif windows:
+                mask = window_mask(net.masked_readout(), readout_sparsity, gates=1, lanes=lanes)
+            else:
+                mask = magnitude_mask(net.masked_readout(), readout_sparsity, gates=1,
+                                      lanes=min(lanes, outputs) if lanes else None)
             net.readout_mask.copy_(mask)
             net.readout_weight.mul_(mask)
         for layer in net.layers:
             for wname, mname in (("kernel", "kernel_mask"), ("recurrent_kernel", "recurrent_kernel_mask")):
                 w = getattr(layer, wname)
-                mask = magnitude_mask(w * getattr(layer, mname), sparsity,
-                                      lanes=lanes if lanes and lanes <= layer.hidden_size else None)
+                if blocks:
+                    mask = block_mask(w * getattr(layer, mname), sparsity, lanes=lanes)
+                elif windows:
+                    mask = window_mask(w * getattr(layer, mname), sparsity, lanes=lanes)
+                else:
+                    mask = magnitude_mask(w * getattr(layer, mname), sparsity,
+                                          lanes=lanes if lanes and lanes <= layer.hidden_size else None)
                 getattr(layer, mname).copy_(mask)
                 w.mul_(mask)

@@ -25,7 +25,7 @@ from .egru import EGRUNet
 from .formats import NumberFormats
 from .lanes import check_lanes
 from .model import QuantModel
-from .prune import PruningSchedule, check_sparsity
+from .prune import PruningSchedule, check_sparsity, check_structure
 from .qat import choose_input_frac, export
 
 __all__ = ["TrainConfig", "train", "evaluate_quant", "evaluate_float"]
@@ -40,6 +40,8 @@ class TrainConfig:
     epochs: int = 300
     weight_sparsity: float = 0.9
     lanes: int | None = 8
+    structure: str = "unstructured"
+    weight_bits: int = 8
     seed: int = 0
     batch_size: int = 32
     lr: float = 3e-3
@@ -59,6 +61,9 @@ class TrainConfig:
         check_sparsity(self.weight_sparsity)
         if self.lanes is not None:
             check_lanes(self.lanes, self.hidden)
+        check_structure(self.structure, self.lanes)
+        if not isinstance(self.weight_bits, int) or isinstance(self.weight_bits, bool) or not 2 <= self.weight_bits <= 8:
+            raise ValueError(f"weight_bits must be an integer from 2 to 8, got {self.weight_bits!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         for name in ("activity_reg", "dense_activity_reg", "distill"):
@@ -126,7 +131,8 @@ def _train(cfg: TrainConfig, progress: bool, init_layers, t_start: float) -> tup
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     task = load_task(cfg.task)
-    formats = NumberFormats(input_frac=choose_input_frac(float(np.abs(task.x_train).max())))
+    formats = NumberFormats(input_frac=choose_input_frac(float(np.abs(task.x_train).max())),
+                            weight_bits=cfg.weight_bits)
     net = EGRUNet(task.input_size, [cfg.hidden] * cfg.layers, task.num_classes,
                   thr_mean=cfg.thr_mean, seed=cfg.seed)
     if init_layers:
@@ -147,7 +153,7 @@ def _train(cfg: TrainConfig, progress: bool, init_layers, t_start: float) -> tup
     prune_end = prune_begin + max(1, (2 * prune_ep * batches_per_epoch) // 3)
     schedule = PruningSchedule(cfg.weight_sparsity, begin=prune_begin, end=prune_end,
                                every=max(1, batches_per_epoch // 4), lanes=cfg.lanes,
-                               readout_target=cfg.readout_sparsity)
+                               readout_target=cfg.readout_sparsity, structure=cfg.structure)
     report = {"config": dataclasses.asdict(cfg), "formats": formats.to_dict(),
               "phases": {"dense_epochs": dense_ep, "prune_epochs": prune_ep, "qat_epochs": qat_ep}}
 
@@ -200,7 +206,7 @@ def _train(cfg: TrainConfig, progress: bool, init_layers, t_start: float) -> tup
 
     model = export(net, formats, meta={"task": task.name, "num_classes": task.num_classes,
                                        "steps": task.steps, "seed": cfg.seed,
-                                       "balanced_lanes": cfg.lanes})
+                                       "balanced_lanes": cfg.lanes, "structure": cfg.structure})
     report["qat_torch_accuracy"] = evaluate_float(net, task.x_test, task.y_test, formats)
     report.update(evaluate_quant(model, task.x_test, task.y_test))
     report["weight_sparsity"] = model.weight_sparsity()

@@ -65,6 +65,8 @@ def test_pack_and_budget(trained, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--out", "{tmp}/o", "--weight-sparsity", "1.0"], "sparsity must be in [0, 1)"),
     (["train", "--out", "{tmp}/o", "--weight-sparsity", "-0.5"], "sparsity must be in [0, 1)"),
+    (["train", "--out", "{tmp}/o", "--weight-bits", "9"], "argument --weight-bits: invalid choice: 9"),
+    (["train", "--out", "{tmp}/o", "--structure", "blocks"], "argument --structure: invalid choice: 'blocks'"),
     (["train", "--out", "{tmp}/o", "--hidden", "0"], "expected a positive integer"),
     (["train", "--out", "{tmp}/o", "--task", "mnist"], "invalid choice"),
     (["eval", "--model", "{tmp}/missing.npz"], "cannot read model file"),
@@ -216,3 +218,32 @@ def test_run_with_unreadable_inputs(random_model_file, tmp_path, capsys):
         code, _, err = run(["run", "--port", "/dev/null", "--image", str(tmp_path / "m.img"),
                             "--inputs", str(tmp_path / name)], capsys)
         assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_train_lane_block_sparsity(tmp_path, capsys):
+    code, _, err = run(["train", "--out", str(tmp_path / "o"), "--epochs", "3", "--hidden", "16", "--lanes", "4",
+                        "--structure", "lane-block", "--quiet"], capsys)
+    assert code == 0, err
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r["config"]["structure"] == "lane-block" and 0.9 <= r["weight_sparsity"]["layer0.R"] < 0.91
+    from egru_accel.quantize.model import QuantModel
+    model = QuantModel.load(tmp_path / "o" / "model.npz")
+    assert model.meta["structure"] == "lane-block"
+    R = model.layers[0].R != 0                        # [16, 3 * 16]: blocks of 4 neurons of one gate
+    blocks = R.reshape(16, 3, 4, 4)
+    assert (blocks.all(axis=3) == blocks.any(axis=3)).all()
+
+
+def test_train_lane_window_with_4_bit_weights(tmp_path, capsys):
+    code, _, err = run(["train", "--out", str(tmp_path / "o"), "--epochs", "3", "--hidden", "20", "--lanes", "2",
+                        "--structure", "lane-window", "--weight-bits", "4", "--quiet"], capsys)
+    assert code == 0, err
+    from egru_accel.quantize.model import QuantModel
+    model = QuantModel.load(tmp_path / "o" / "model.npz")
+    assert model.formats.weight_bits == 4 and model.meta["structure"] == "lane-window"
+    layer = model.layers[0]
+    assert np.abs(layer.R).max() <= 7 and np.abs(layer.W).max() <= 7
+    # (The window structure itself is tested on the masks in test_prune.py: rounding to 4 bits
+    # may zero a kept weight, so the quantized model need not show it exactly.)
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r["config"]["weight_bits"] == 4 and r["config"]["structure"] == "lane-window"

