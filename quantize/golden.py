@@ -28,7 +28,7 @@ import numpy as np
 from . import formats as F
 from .model import QuantModel
 
-__all__ = ["GoldenTrace", "run", "quantize_input", "accuracy"]
+__all__ = ["GoldenTrace", "run", "neuron_update", "quantize_input", "accuracy"]
 
 
 @dataclass
@@ -59,6 +59,26 @@ class GoldenTrace:
         return self.logits.shape[0]
 
 
+def neuron_update(fmt: F.NumberFormats, acc_frac: int, acc_z, acc_r, acc_ag, acc_hg, c, theta, *,
+                  sig: np.ndarray | None = None, tanh: np.ndarray | None = None) -> dict:
+    """One step of the neuron update from the accumulators (the lines after ``acc_hg`` in the
+    module docstring), elementwise on integer arrays: returns ``z``, ``r``, ``pre_g``, ``g``,
+    ``candidate`` (c~), ``fire``, ``y`` and the new ``c``. ``run`` uses it for every step, and the
+    hardware's update unit is tested against it directly."""
+    sig = F.sigmoid_table(fmt) if sig is None else sig
+    tanh = F.tanh_table(fmt) if tanh is None else tanh
+    one = fmt.sigmoid_one
+    z = sig[F.lut_index(acc_z, acc_frac, fmt.sigmoid_lut_bits, fmt.sigmoid_lut_frac)]
+    r = sig[F.lut_index(acc_r, acc_frac, fmt.sigmoid_lut_bits, fmt.sigmoid_lut_frac)]
+    pre_g = acc_ag + F.round_shift(r * acc_hg, fmt.sigmoid_frac)
+    g = tanh[F.lut_index(pre_g, acc_frac, fmt.tanh_lut_bits, fmt.tanh_lut_frac)]
+    cand = F.round_shift(z * c + (one - z) * F.align(g, fmt.g_align), fmt.sigmoid_frac)
+    cand = F.saturate(cand, fmt.state_bits)
+    o = cand > theta
+    return {"z": z, "r": r, "pre_g": pre_g, "g": g, "candidate": cand, "fire": o,
+            "y": np.where(o, cand, 0), "c": cand - np.where(o, theta, 0)}
+
+
 def quantize_input(model: QuantModel, x: np.ndarray) -> np.ndarray:
     """Float inputs -> layer-0 integers: ``sat(floor(x * 2**input_frac + 1/2), input_bits)``."""
     x = np.asarray(x, dtype=np.float64)
@@ -84,7 +104,6 @@ def run(model: QuantModel, x: np.ndarray, *, internals: bool = False) -> GoldenT
     x = x.astype(np.int64)
     T, N = x.shape[0], x.shape[1]
     sig, tanh = model.sigmoid_lut, model.tanh_lut
-    one = fmt.sigmoid_one
     L = len(model.layers)
     macs = np.zeros((T, N, L + 1), dtype=np.int64)
     ys, cs, cands, evs, peaks, inner = [], [], [], [], [], []
@@ -118,15 +137,8 @@ def run(model: QuantModel, x: np.ndarray, *, internals: bool = False) -> GoldenT
             acc_r = bx[1] + bh[1] + xin[1][t] + rec[1]
             acc_ag = bx[2] + xin[2][t]
             acc_hg = bh[2] + rec[2]
-            z = sig[F.lut_index(acc_z, acc_frac, fmt.sigmoid_lut_bits, fmt.sigmoid_lut_frac)]
-            r = sig[F.lut_index(acc_r, acc_frac, fmt.sigmoid_lut_bits, fmt.sigmoid_lut_frac)]
-            pre_g = acc_ag + F.round_shift(r * acc_hg, fmt.sigmoid_frac)
-            g = tanh[F.lut_index(pre_g, acc_frac, fmt.tanh_lut_bits, fmt.tanh_lut_frac)]
-            cand = F.round_shift(z * c + (one - z) * F.align(g, fmt.g_align), fmt.sigmoid_frac)
-            cand = F.saturate(cand, fmt.state_bits)
-            o = cand > layer.theta
-            y = np.where(o, cand, 0)
-            c = cand - np.where(o, layer.theta, 0)
+            u = neuron_update(fmt, acc_frac, acc_z, acc_r, acc_ag, acc_hg, c, layer.theta, sig=sig, tanh=tanh)
+            z, r, pre_g, g, cand, o, y, c = (u[k] for k in ("z", "r", "pre_g", "g", "candidate", "fire", "y", "c"))
             out_y[t], out_c[t], out_cand[t], out_o[t] = y, c, cand, o
             if internals:
                 for k, v in zip(names, (acc_z, acc_r, acc_ag, acc_hg, z, r, pre_g, g)):

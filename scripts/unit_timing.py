@@ -32,12 +32,16 @@ def units():
     from egru_accel.hw.dsp_mac_lane import DSPMacLane
     from egru_accel.hw.mac_lane import MacLane
     from egru_accel.hw.stream import SkidBuffer
+    from egru_accel.hw.update_unit import UpdateUnit
+    from egru_accel.quantize.formats import NumberFormats
     return {
         "mac_lane": (lambda: MacLane(depth=256, acc_bits=32, weight_bits=8, max_align=8), True),
         "mac_lane_int4": (lambda: MacLane(depth=256, acc_bits=32, weight_bits=4, max_align=12), True),
         "dsp_mac_lane": (lambda: DSPMacLane(depth=256, weight_bits=8, max_align=8, dsp="sb_mac16"), False),
         "dsp_mac_lane_int4": (lambda: DSPMacLane(depth=256, weight_bits=4, max_align=12, dsp="sb_mac16"), False),
         "skid_buffer": (lambda: SkidBuffer(64), True),
+        # On the iCE40 every SB_MAC16 is a lane's: the update unit's multipliers are in logic.
+        "update_unit": (lambda: UpdateUnit(formats=NumberFormats(), acc_frac=18, depth=256), False),
     }
 
 

