@@ -10,7 +10,7 @@ Stages (signal prefixes)::
     u0  inputs registered
     u1  sigmoid indices of acc_z and acc_r (a constant shift, offset and clamp)
     u2  sigmoid table reads (block RAM, two ports)        u3  z, r registered
-    u4  r * acc_hg                                        u5  the product registered again
+    u4  r * acc_hg as two half-width products             u5  the halves joined
     u6  + 1/2 for the rounding; acc_ag << sigmoid_frac added in the same carry chain
     u7  pre_g; tanh index                                 u8  tanh table read
     u9  g registered; the cell state read                 u10 d = c - (g << g_align)
@@ -120,10 +120,14 @@ class UpdateUnit(wiring.Component):
         u3_z, u3_r = Signal(unsigned(f.sigmoid_value_bits)), Signal(unsigned(f.sigmoid_value_bits))
         m.d.sync += [u3_z.eq(rz.data), u3_r.eq(rr.data)]
         u3_hg = delay(u0_hg, 3, "hg")
-        # u4, u5: r * acc_hg, two registers (a DSP's pipeline and output registers).
-        prod_rh = Signal(signed(self.acc_bits + f.sigmoid_value_bits + 1), name="u4_rh")
-        m.d.sync += prod_rh.eq(u3_r * u3_hg)
-        u5_rh = delay(prod_rh, 1, "u5_rh")
+        # u4: r * acc_hg as two products of 16-bit halves (each one 18x18 multiplier on ECP5, a
+        # narrower array in logic on the iCE40); u5: joined, hi << 16 + lo.
+        u4_lo = Signal(unsigned(16 + f.sigmoid_value_bits), name="u4_rh_lo")
+        u4_hi = Signal(signed(self.acc_bits - 16 + f.sigmoid_value_bits + 1), name="u4_rh_hi")
+        m.d.sync += [u4_lo.eq(u3_r * u3_hg[:16]), u4_hi.eq(u3_r * u3_hg[16:].as_signed())]
+        prod_rh = Signal(signed(self.acc_bits + f.sigmoid_value_bits + 1), name="u5_rh")
+        m.d.sync += prod_rh.eq((u4_hi << 16) + u4_lo)
+        u5_rh = prod_rh
         # u6: r * hg + (ag << sf) + 1/2 in one carry chain ((ag << sf) has sf zero low bits).
         u5_ag = delay(u0_ag, 5, "ag")
         u6_sum = Signal(signed(len(prod_rh) + 2), name="u6_sum")
