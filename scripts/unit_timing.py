@@ -42,6 +42,8 @@ def units():
         "skid_buffer": (lambda: SkidBuffer(64), True),
         # On the iCE40 every SB_MAC16 is a lane's: the update unit's multipliers are in logic.
         "update_unit": (lambda: UpdateUnit(formats=NumberFormats(), acc_frac=18, depth=256), False),
+        "update_unit_logic": (lambda: UpdateUnit(formats=NumberFormats(), acc_frac=18, depth=256,
+                                                 multipliers="logic"), False),
     }
 
 

@@ -46,7 +46,7 @@ def run_unit(unit, theta, steps, gap_prob, rng):
                 await ctx.tick()
             ctx.set(unit.i_valid, 0)
             # The next step needs this step's states: wait for the pipeline to empty.
-            for _ in range(UpdateUnit.LATENCY):
+            for _ in range(unit.latency):
                 await ctx.tick()
 
     async def collect(ctx):
@@ -68,9 +68,10 @@ def run_unit(unit, theta, steps, gap_prob, rng):
     return outs
 
 
+@pytest.mark.parametrize("multipliers", ["dsp", "logic"])
 @pytest.mark.parametrize("seed,hidden,mode,gap", [(0, 12, "mixed", 0.0), (1, 9, "random", 0.3),
                                                    (2, 5, "fire", 0.1), (3, 7, "zero", 0.0)])
-def test_update_unit_is_bit_exact_with_the_golden_model(seed, hidden, mode, gap):
+def test_update_unit_is_bit_exact_with_the_golden_model(seed, hidden, mode, gap, multipliers):
     model = random_model(inputs=4, hidden=[hidden], outputs=3, weight_sparsity=0.3, seed=seed,
                          threshold_mode=mode)
     x = random_inputs(model, steps=12, sequences=1, seed=seed)[0][:, None, :]     # [T, 1, I]
@@ -78,7 +79,8 @@ def test_update_unit_is_bit_exact_with_the_golden_model(seed, hidden, mode, gap)
     inner = trace.internals[0]
     layer = model.layers[0]
     acc_bits = max(32, max(model.layer_bounds(0).bits().values()))
-    unit = UpdateUnit(formats=model.formats, acc_frac=model.acc_frac(0), depth=hidden, acc_bits=acc_bits)
+    unit = UpdateUnit(formats=model.formats, acc_frac=model.acc_frac(0), depth=hidden, acc_bits=acc_bits,
+                      multipliers=multipliers)
     steps = [{k: inner[f"acc_{k}"][t, 0] for k in ("z", "r", "ag", "hg")} for t in range(trace.steps)]
     outs = run_unit(unit, layer.theta, steps, gap, np.random.default_rng(seed))
     assert len(outs) == trace.steps
@@ -95,6 +97,7 @@ def test_update_unit_is_bit_exact_with_the_golden_model(seed, hidden, mode, gap)
     (dict(formats="default", acc_frac=18, depth=8), TypeError, "formats must be a NumberFormats, not 'default'"),
     (dict(acc_frac=3, depth=8), ValueError, r"acc_frac \(3\) must be at least the sigmoid table's index fraction \(4\)"),
     (dict(acc_frac=18, depth=1), ValueError, "depth must be at least 2, not 1"),
+    (dict(acc_frac=18, depth=8, multipliers="booth"), ValueError, "multipliers must be one of dsp, logic, not 'booth'"),
 ])
 def test_update_unit_arguments_are_checked(kwargs, error, message):
     from egru_accel.quantize.formats import NumberFormats
@@ -128,14 +131,16 @@ def crafted_neurons(rng, formats, acc_frac, n):
     return acc, c, theta
 
 
-def test_update_unit_at_the_arithmetic_corners():
+@pytest.mark.parametrize("multipliers", ["dsp", "logic"])
+def test_update_unit_at_the_arithmetic_corners(multipliers):
     from egru_accel.quantize.formats import NumberFormats
     fmt, acc_frac, n = NumberFormats(), 18, 600
     rng = np.random.default_rng(11)
     acc, c, theta = crafted_neurons(rng, fmt, acc_frac, n)
     want = golden.neuron_update(fmt, acc_frac, acc["z"], acc["r"], acc["ag"], acc["hg"], c, theta)
     assert want["fire"].any() and (~want["fire"]).any() and (want["candidate"] == theta).sum() > 50
-    unit = UpdateUnit(formats=fmt, acc_frac=acc_frac, depth=n)
+    unit = UpdateUnit(formats=fmt, acc_frac=acc_frac, depth=n, multipliers=multipliers)
+    assert unit.latency == {"dsp": 18, "logic": 24}[multipliers]
     got = {}
 
     async def feed(ctx):
