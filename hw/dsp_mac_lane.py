@@ -31,7 +31,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
-from .mac_lane import _positive
+from .mac_lane import check_lane_arguments
 
 __all__ = ["DSPMacLane", "DSP_KINDS"]
 
@@ -50,12 +50,9 @@ class DSPMacLane(wiring.Component):
 
     def __init__(self, *, depth: int, weight_bits: int = 8, max_align: int = 8, dsp: str = "model"):
         with checked_construction(self):
-            self.depth = _positive("depth", depth, 2)
-            self.weight_bits = _positive("weight_bits", weight_bits, 2)
-            self.max_align = _positive("max_align", max_align, 0)
-            if weight_bits + max_align > 16:
-                raise ValueError(f"weight_bits + max_align must fit the 16-bit DSP operand, "
-                                 f"not {weight_bits} + {max_align}")
+            check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
+                                 operand_bits=16, operand="the 16-bit DSP operand")
+            self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
             if dsp not in DSP_KINDS:
                 raise ValueError(f"dsp must be one of {', '.join(DSP_KINDS)}, not {dsp!r}")
             self.dsp = dsp

