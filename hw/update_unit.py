@@ -14,6 +14,8 @@ shift-and-add trees and splits adds longer than 24 bits over two stages (24 cycl
 iCE40, whose DSPs are all the lanes'. :class:`~hw.pipeline.Timeline` keeps the stages aligned.
 
 The accumulator grid (``acc_frac``) is fixed per build, so the table-index shifts are wiring.
+A unit shared by layers on different grids takes one ``acc_frac`` per layer and an ``i_layer``
+input: each index is then a mux of as many shifts as there are grids.
 """
 
 from __future__ import annotations
@@ -43,21 +45,25 @@ class UpdateUnit(wiring.Component):
 
     Inputs, cycle t: ``i_valid``, ``i_neuron`` (which of the ``depth``), the accumulators
     ``i_acc_z``, ``i_acc_r``, ``i_acc_ag``, ``i_acc_hg`` (signed ``acc_bits``, on the grid
-    ``2**-acc_frac``). Outputs, cycle t + ``latency``: ``o_valid``, ``o_neuron``,
+    ``2**-acc_frac``; with several grids, ``i_layer`` picks the grid of ``acc_frac[i_layer]``). Outputs, cycle t + ``latency``: ``o_valid``, ``o_neuron``,
     ``o_candidate`` (c~), ``o_fire``, ``o_y`` (the event value, 0 when silent); the cell state is
     written back one cycle before. A neuron's state is read in the middle of the pipeline and
     written at its end, so a neuron may come again only after ``latency`` cycles (a sweep visits
-    each once). ``load_*`` writes a threshold (``load_theta``) or a cell state
+    each once). ``i_fresh`` takes the neuron's cell state as 0 (the first step of a sequence), so
+    no sweep has to clear the states. ``load_*`` writes a threshold (``load_theta``) or a cell state
     while no update runs (loading a model, clearing the states).
     """
 
-    def __init__(self, *, formats: NumberFormats, acc_frac: int, depth: int, acc_bits: int = 32,
-                 multipliers: str = "dsp"):
+    def __init__(self, *, formats: NumberFormats, acc_frac: int | tuple[int, ...], depth: int,
+                 acc_bits: int = 32, multipliers: str = "dsp"):
         with checked_construction(self):
             if not isinstance(formats, NumberFormats):
                 raise TypeError(f"formats must be a NumberFormats, not {formats!r}")
             self.formats = formats
-            self.acc_frac = _positive("acc_frac", acc_frac, 0)
+            fracs = tuple(acc_frac) if isinstance(acc_frac, (tuple, list)) else (acc_frac,)
+            if not fracs:
+                raise ValueError("acc_frac must name at least one accumulator grid")
+            self.acc_fracs = tuple(_positive("acc_frac", a, 0) for a in fracs)
             self.depth = _positive("depth", depth, 2)
             self.acc_bits = _positive("acc_bits", acc_bits, 2)
             if multipliers not in MULTIPLIERS:
@@ -65,15 +71,17 @@ class UpdateUnit(wiring.Component):
             self.multipliers = multipliers
             self.latency = self._latency()
             for name, frac in (("sigmoid", formats.sigmoid_lut_frac), ("tanh", formats.tanh_lut_frac)):
-                if acc_frac < frac:
-                    raise ValueError(f"acc_frac ({acc_frac}) must be at least the {name} table's "
+                if min(self.acc_fracs) < frac:
+                    raise ValueError(f"acc_frac ({min(self.acc_fracs)}) must be at least the {name} table's "
                                      f"index fraction ({frac})")
         f = formats
         addr = unsigned(max(1, (depth - 1).bit_length()))
         state = signed(f.state_bits)
         acc = signed(acc_bits)
+        layers = len(self.acc_fracs)
         super().__init__({
-            "i_valid": In(1), "i_neuron": In(addr),
+            "i_valid": In(1), "i_neuron": In(addr), "i_layer": In(range(max(2, layers))),
+            "i_fresh": In(1),
             "i_acc_z": In(acc), "i_acc_r": In(acc), "i_acc_ag": In(acc), "i_acc_hg": In(acc),
             "o_valid": Out(1), "o_neuron": Out(addr), "o_candidate": Out(state), "o_fire": Out(1),
             "o_y": Out(state),
@@ -94,10 +102,18 @@ class UpdateUnit(wiring.Component):
         cand = zd + add(self.formats.state_bits + vbits + 4) + 1
         return cand + 1 + 2                                      # fire; the output registers
 
-    def _index(self, t, name, pre, cycle, lut_bits, lut_frac):
+    def _index(self, t, name, pre, cycle, lut_bits, lut_frac, layer):
         """``F.lut_index``: ``clamp((pre >> (acc_frac - lut_frac)) + 2**(lut_bits-1), 0, 2**lut_bits-1)``,
         registered (valid in ``cycle + 1``)."""
-        shifted = pre >> (self.acc_frac - lut_frac)            # arithmetic: wiring only
+        fracs = self.acc_fracs
+        shifted = pre >> (fracs[0] - lut_frac)                 # arithmetic: wiring only
+        if len(set(fracs)) > 1:                                # one shift per grid, chosen by layer
+            sel = t.at(layer, cycle)
+            shifted = Signal(pre.shape(), name=f"{name}_shifted")
+            with t.m.Switch(sel):
+                for l, af in enumerate(fracs):
+                    with t.m.Case(l):
+                        t.m.d.comb += shifted.eq(pre >> (af - lut_frac))
         half = 1 << (lut_bits - 1)
         # In range iff -half <= shifted < half, i.e. every bit from lut_bits-1 up equals the sign.
         top = shifted[lut_bits - 1:]
@@ -130,10 +146,12 @@ class UpdateUnit(wiring.Component):
         # cycle 0: the inputs, registered.
         valid = t.reg("u0_valid", self.i_valid, 0)
         neuron = t.reg("u0_neuron", self.i_neuron, 0)
+        layer = t.reg("u0_layer", self.i_layer, 0)
+        fresh = t.reg("u0_fresh", self.i_fresh, 0)
         az, ar, aag, ahg = (t.reg(f"u0_{k}", getattr(self, f"i_acc_{k}"), 0, acc) for k in ("z", "r", "ag", "hg"))
         # Sigmoid indices, then two reads of one table; z and r registered out of the block RAM.
-        iz = self._index(t, "iz", az, 0, f.sigmoid_lut_bits, f.sigmoid_lut_frac)
-        ir = self._index(t, "ir", ar, 0, f.sigmoid_lut_bits, f.sigmoid_lut_frac)
+        iz = self._index(t, "iz", az, 0, f.sigmoid_lut_bits, f.sigmoid_lut_frac, layer)
+        ir = self._index(t, "ir", ar, 0, f.sigmoid_lut_bits, f.sigmoid_lut_frac, layer)
         sig = Memory(shape=unsigned(vbits), depth=1 << f.sigmoid_lut_bits,
                      init=[int(v) for v in F.sigmoid_table(f)])
         m.submodules.sigmoid = sig
@@ -163,7 +181,8 @@ class UpdateUnit(wiring.Component):
         m.d.comb += ag_term.eq(Cat(Const(1 << (sf - 1), sf), t.at(aag, c2)).as_signed())
         t.input(ag_term, c2)
         pre_sum = self._add(t, "pre_sum", rh, ag_term, c2, signed(self.acc_bits + vbits + 2))
-        it = self._index(t, "it", pre_sum >> sf, t.cycle(pre_sum), f.tanh_lut_bits, f.tanh_lut_frac)
+        it = self._index(t, "it", pre_sum >> sf, t.cycle(pre_sum), f.tanh_lut_bits, f.tanh_lut_frac,
+                         layer)
         tanh = Memory(shape=signed(f.tanh_value_bits), depth=1 << f.tanh_lut_bits,
                       init=[int(v) for v in F.tanh_table(f)])
         m.submodules.tanh = tanh
@@ -178,7 +197,7 @@ class UpdateUnit(wiring.Component):
         rth, wth = thetas.read_port(), thetas.write_port()
         c3 = t.cycle(g)
         m.d.comb += [rc.addr.eq(t.at(neuron, c3 - 2)), rc.en.eq(1)]
-        c_old = t.reg("c_old", rc.data, c3)
+        c_old = t.reg("c_old", Mux(t.at(fresh, c3 - 1), 0, rc.data), c3)
         # d = c - g', g' = g << g_align; then z * d + (g' << sf) + 1/2 = z * c + (ONE - z) * g' + 1/2.
         gs = Signal(signed(f.state_bits + 1), name="gs")
         m.d.comb += gs.eq(g << f.g_align)

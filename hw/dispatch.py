@@ -1,0 +1,161 @@
+"""Core v2's event dispatcher: an event fetches its row once, and every lane takes one entry per cycle.
+
+An event (a row of the shared row table and the value that multiplies it) goes through three
+registered stages and two queues, so that no memory output feeds logic in the cycle it appears
+and the handshakes are cut:
+
+    r_   row read: the event is accepted while the row queue has room for everything in
+         flight; the row table's read data is registered; rows of length 0 are dropped.
+    w_   walker: the row at the head of the queue issues its entries, one address per cycle,
+         and takes the next row in the cycle it issues its last entry (no bubble between rows).
+    e_   entry: the weight memories' read data (one word per lane, same address), registered;
+         from it and the row's constants, each lane's accumulator address and alignment.
+
+The lanes (:mod:`~egru_accel.hw.mac_lane`, :mod:`~egru_accel.hw.dsp_mac_lane`) register the
+entries again at their inputs. Words and address maps are those of
+:mod:`egru_accel.quantize.shared_rows`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from egru_accel.quantize.formats import GATE_G
+from egru_accel.quantize.shared_rows import SharedRowImage, SharedRowLayout
+
+from .construct import checked_construction
+
+__all__ = ["EventDispatcher", "EventLayout", "LaneEntrySignature", "KIND_INPUT", "KIND_RECURRENT",
+           "KIND_READOUT", "VALUE_BITS"]
+
+#: What an event's row feeds: a layer's input rows, its recurrent rows, or the readout.
+KIND_INPUT, KIND_RECURRENT, KIND_READOUT = 0, 1, 2
+#: Width of an event value (a layer-0 input or an event of a layer): the lanes' 16-bit operand.
+VALUE_BITS = 16
+
+
+def EventLayout(layout: SharedRowLayout) -> data.StructLayout:
+    """An event: ``row`` (of the row table), ``value`` (signed 16), ``kind`` (``KIND_*``) and
+    the ``layer`` whose accumulators its input and recurrent rows feed."""
+    return data.StructLayout({"row": range(max(2, layout.rows)), "value": signed(VALUE_BITS),
+                              "kind": unsigned(2), "layer": range(max(2, layout.n_layers))})
+
+
+class LaneEntrySignature(wiring.Signature):
+    """One entry for one lane: ``acc[addr] += (weight << align) * value``."""
+    def __init__(self, layout: SharedRowLayout):
+        super().__init__({
+            "valid": Out(1), "addr": Out(range(layout.acc_depth)),
+            "weight": Out(signed(layout.formats.weight_bits)), "value": Out(signed(VALUE_BITS)),
+            "align": Out(range(layout.max_align + 1)),
+        })
+
+
+class EventDispatcher(wiring.Component):
+    """Events on ``i``; entries for every lane on ``lanes[p]``; ``busy`` while any event or entry
+    is inside. ``image`` initialises the row table and the weight memories.
+
+    ``queue_depth``: entries of the row queue (its room decides how far row reads run ahead).
+    """
+
+    def __init__(self, *, image: SharedRowImage, queue_depth: int = 4):
+        with checked_construction(self):
+            if not isinstance(image, SharedRowImage):
+                raise TypeError(f"image must be a SharedRowImage, not {type(image).__name__}")
+            if not isinstance(queue_depth, int) or queue_depth < 4:
+                raise ValueError(f"queue_depth must be an integer of at least 4, not {queue_depth!r}")
+        self.image = image
+        self.layout = lay = image.layout
+        self.queue_depth = queue_depth
+        super().__init__({
+            "i": In(stream.Signature(EventLayout(lay))),
+            "lanes": Out(LaneEntrySignature(lay)).array(lay.lanes),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lay, img = self.layout, self.image
+        P = lay.lanes
+        ev_layout = EventLayout(lay)
+        row_word, entry_word = lay.row_word, lay.entry_word
+
+        m.submodules.rows = rows = Memory(shape=row_word.width, depth=max(2, lay.rows),
+                                          init=[int(w) for w in img.rows])
+        rows_rd = rows.read_port()
+        weights = []
+        for p in range(P):
+            mem = Memory(shape=entry_word.width, depth=max(2, lay.entries), init=[int(w) for w in img.weights[p]])
+            m.submodules[f"weights{p}"] = mem
+            weights.append(mem.read_port())
+
+        # -- r_: accept, read the row, register it, queue it -----------------------------------
+        rec = data.StructLayout({"start": unsigned(row_word.field("start").width),
+                                 "length": unsigned(row_word.field("length").width),
+                                 "value": signed(VALUE_BITS), "kind": unsigned(2),
+                                 "layer": range(max(2, lay.n_layers))})
+        m.submodules.queue = queue = SyncFIFOBuffered(width=rec.size, depth=self.queue_depth)
+        r1_valid, r2_valid = Signal(), Signal()
+        r1_event, r2_event = Signal(ev_layout), Signal(ev_layout)
+        r2_row = Signal(row_word.struct_layout())
+        room = Signal()
+        m.d.comb += room.eq(queue.level + r1_valid + r2_valid < self.queue_depth)
+        m.d.comb += [self.i.ready.eq(room), rows_rd.addr.eq(self.i.payload.row), rows_rd.en.eq(1)]
+        m.d.sync += [r1_valid.eq(self.i.valid & room), r1_event.eq(self.i.payload),
+                     r2_valid.eq(r1_valid), r2_event.eq(r1_event), r2_row.eq(rows_rd.data)]
+        q_in = Signal(rec)
+        m.d.comb += [q_in.start.eq(r2_row.start), q_in.length.eq(r2_row.length), q_in.value.eq(r2_event.value),
+                     q_in.kind.eq(r2_event.kind), q_in.layer.eq(r2_event.layer),
+                     queue.w_data.eq(q_in), queue.w_en.eq(r2_valid & (r2_row.length != 0))]
+
+        # -- w_: walk the head row's entries -----------------------------------------------------
+        head = Signal(rec)
+        m.d.comb += head.eq(queue.r_data)
+        w_active = Signal()
+        w_ptr = Signal(range(max(2, lay.entries + 1)))
+        w_left = Signal(row_word.field("length").width)
+        w_row = Signal(rec)
+        take = Signal()
+        m.d.comb += [take.eq(queue.r_rdy & (~w_active | (w_left == 1))), queue.r_en.eq(take)]
+        with m.If(take):
+            m.d.sync += [w_active.eq(1), w_ptr.eq(head.start), w_left.eq(head.length), w_row.eq(head)]
+        with m.Elif(w_active):
+            m.d.sync += [w_ptr.eq(w_ptr + 1), w_left.eq(w_left - 1)]
+            with m.If(w_left == 1):
+                m.d.sync += w_active.eq(0)
+        for rd in weights:
+            m.d.comb += [rd.addr.eq(w_ptr), rd.en.eq(1)]
+
+        # -- e_: the entries, registered; addresses and alignments per lane -------------------------
+        e1_valid, e2_valid = Signal(), Signal()
+        e1_row, e2_row = Signal(rec), Signal(rec)
+        e2_words = [Signal(entry_word.struct_layout(), name=f"e2_word{p}") for p in range(P)]
+        m.d.sync += [e1_valid.eq(w_active), e1_row.eq(w_row), e2_valid.eq(e1_valid), e2_row.eq(e1_row)]
+        m.d.sync += [w.eq(rd.data) for w, rd in zip(e2_words, weights)]
+        # Per row: the accumulator region, and the alignment of each gate (constants per layer/kind).
+        base = Signal(range(lay.acc_depth))
+        aligns = [Signal(range(lay.max_align + 1), name=f"e2_align{k}") for k in range(3)]
+        readout = Signal()
+        m.d.comb += readout.eq(e2_row.kind == KIND_READOUT)
+        with m.Switch(Cat(e2_row.kind, e2_row.layer)):
+            for l, spec in enumerate(lay.layers):
+                for kind, al in ((KIND_INPUT, spec.input_align), (KIND_RECURRENT, spec.recurrent_align)):
+                    with m.Case(kind | (l << 2)):
+                        m.d.comb += [base.eq(lay.acc_base[l])] + [a.eq(v) for a, v in zip(aligns, al)]
+            with m.Default():
+                m.d.comb += [base.eq(lay.readout_acc_base)] + [a.eq(0) for a in aligns]
+        for p, (port, word) in enumerate(zip(self.lanes, e2_words)):
+            # z and r words at 0 and 1; g at 2 (ag) from input rows, 3 (hg) from recurrent rows.
+            acc_kind = Mux(word.gate == GATE_G, Mux(e2_row.kind == KIND_RECURRENT, 3, 2), word.gate)
+            m.d.comb += [port.valid.eq(e2_valid),
+                         port.addr.eq(base + Mux(readout, word.target, Cat(acc_kind[:2], word.target))),
+                         port.weight.eq(word.value), port.value.eq(e2_row.value),
+                         port.align.eq(Mux(word.gate == 0, aligns[0], Mux(word.gate == 1, aligns[1], aligns[2])))]
+
+        m.d.comb += self.busy.eq(r1_valid | r2_valid | (queue.level != 0) | queue.r_rdy | w_active
+                                 | e1_valid | e2_valid)
+        return m

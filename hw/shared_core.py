@@ -1,0 +1,453 @@
+"""Core v2: P MAC lanes, one row table and one neuron-update unit shared by all lanes.
+
+docs/core-v2.md records why. A step runs, per layer: the events of the layer's input (the
+``i`` stream for layer 0, the events of the layer below) and the layer's own events of the
+step before go through the dispatcher (:mod:`~egru_accel.hw.dispatch`), every lane taking one
+entry per cycle; after a drain, the sweep reads each neuron's four accumulators (z, r, ag, hg)
+from its lane, clears them, adds the biases and feeds the update unit
+(:mod:`~egru_accel.hw.update_unit`) one neuron per cycle; the unit's events are written to the
+layer's event buffer as they come out. After the last layer, the readout rows of its events
+accumulate in the lanes, and the outputs stream out on ``o``.
+
+Stage prefixes: ``src_`` event source, ``sw_`` sweep (``sw{k}_`` its gate-k read), ``out_``
+output reads. Every memory output lands in a register before logic uses it.
+
+The sweep reads gate k of neuron n in cycle ``n * spacing + k`` from lane ``n % P``
+(``spacing = ceil(4 / P)``, so no lane is read twice in a cycle); each gate's word then waits
+as long as the update unit's ``offsets`` ask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from egru_accel.quantize.shared_rows import ACC_BITS, ACC_KINDS, SharedRowImage
+
+from .construct import checked_construction
+from .dispatch import KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, EventDispatcher, EventLayout
+from .dsp_mac_lane import DSPMacLane
+from .mac_lane import MacLane
+from .pipeline import Timeline
+from .update_unit import MULTIPLIERS, UpdateUnit
+
+__all__ = ["SharedCore", "SharedCoreConfig", "LANE_KINDS"]
+
+#: ``"fabric"``: :class:`~hw.mac_lane.MacLane` (adds in the fabric; ECP5); ``"dsp_model"`` /
+#: ``"sb_mac16"``: :class:`~hw.dsp_mac_lane.DSPMacLane` (adds in the iCE40's SB_MAC16), as an
+#: Amaranth model or as the primitive.
+LANE_KINDS = ("fabric", "dsp_model", "sb_mac16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedCoreConfig:
+    """The generator's choices for a :class:`SharedCore`.
+
+    Args:
+        lane: One of :data:`LANE_KINDS`.
+        multipliers: The update unit's (:data:`~hw.update_unit.MULTIPLIERS`).
+        debug: Add the ``dbg`` port (every neuron update, for testbenches).
+    """
+    lane: str = "fabric"
+    multipliers: str = "dsp"
+    debug: bool = False
+
+    def __post_init__(self):
+        if self.lane not in LANE_KINDS:
+            raise ValueError(f"lane must be one of {', '.join(LANE_KINDS)}, not {self.lane!r}")
+        if self.multipliers not in MULTIPLIERS:
+            raise ValueError(f"multipliers must be one of {', '.join(MULTIPLIERS)}, not {self.multipliers!r}")
+        if not isinstance(self.debug, bool):
+            raise TypeError(f"debug must be True or False, not {self.debug!r}")
+
+
+class StatusSignature(wiring.Signature):
+    """``busy``: a step is running (or thresholds are being loaded after reset); ``steps``:
+    steps completed since the last ``start``; ``cycles``: cycles spent in steps since reset;
+    ``step_cycles``: cycles of the last completed step (from its start to its last output
+    entering the output queue)."""
+    def __init__(self):
+        super().__init__({"busy": Out(1), "steps": Out(32), "cycles": Out(32), "step_cycles": Out(32)})
+
+
+class DebugSignature(wiring.Signature):
+    """One neuron update: ``neuron`` (global index: layer base + n), ``candidate`` c~, ``fire``
+    and ``y``."""
+    def __init__(self, image: SharedRowImage):
+        S = image.layout.formats.state_bits
+        super().__init__({"valid": Out(1), "neuron": Out(range(max(2, image.layout.neurons))),
+                          "candidate": Out(signed(S)), "fire": Out(1), "y": Out(signed(S))})
+
+
+# Sequencer states.
+LOAD, IDLE, ACC_IN, ACC_REC, DRAIN, SWEEP, RO_ACC, RO_DRAIN, OUTPUT = range(9)
+
+
+class SharedCore(wiring.Component):
+    """The event-driven EGRU core v2 for the model in ``image``.
+
+    Streams: ``i`` takes one signed 16-bit layer-0 input per beat, ``input_size`` beats per
+    step; ``o`` gives one signed 32-bit output (the readout grid ``2**-(state_frac + shift)``)
+    per beat, ``outputs`` beats per step. ``start`` (a strobe, honoured between steps) begins a
+    sequence: cell states and the events of the step before count as zero.
+    """
+
+    def __init__(self, image: SharedRowImage, config: SharedCoreConfig | None = None):
+        with checked_construction(self):
+            if not isinstance(image, SharedRowImage):
+                raise TypeError(f"image must be a SharedRowImage, not {type(image).__name__}")
+            config = SharedCoreConfig() if config is None else config
+            if not isinstance(config, SharedCoreConfig):
+                raise TypeError(f"config must be a SharedCoreConfig, not {type(config).__name__}")
+            lay = image.layout
+            if lay.formats.input_bits > VALUE_BITS or lay.formats.state_bits > VALUE_BITS:
+                raise ValueError(f"inputs and events must fit {VALUE_BITS} bits")
+            op_bits = 16 if config.lane != "fabric" else 18
+            if lay.formats.weight_bits + lay.max_align > op_bits:
+                raise ValueError(f"weights of {lay.formats.weight_bits} bits aligned by up to {lay.max_align} "
+                                 f"do not fit the lane's {op_bits}-bit operand")
+        self.image, self.config, self.layout = image, config, lay
+        members = {
+            "i": In(stream.Signature(signed(VALUE_BITS))),
+            "o": Out(stream.Signature(signed(ACC_BITS))),
+            "start": In(1),
+            "status": Out(StatusSignature()),
+        }
+        if config.debug:
+            members["dbg"] = Out(DebugSignature(image))
+        super().__init__(members)
+
+    @property
+    def spacing(self) -> int:
+        """Cycles between two neurons of the sweep."""
+        return -(-4 // self.layout.lanes)
+
+    def _lane(self):
+        lay, kind = self.layout, self.config.lane
+        if kind == "fabric":
+            return MacLane(depth=lay.acc_depth, acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits,
+                           value_bits=VALUE_BITS, max_align=lay.max_align)
+        return DSPMacLane(depth=lay.acc_depth, weight_bits=lay.formats.weight_bits, max_align=lay.max_align,
+                          dsp="model" if kind == "dsp_model" else "sb_mac16")
+
+    def elaborate(self, platform):
+        m = Module()
+        img, lay = self.image, self.layout
+        P, L, dense = lay.lanes, lay.n_layers, lay.dense
+        ev_layout = EventLayout(lay)
+        ev_word = lay.event_word
+
+        m.submodules.dispatch = dispatch = EventDispatcher(image=img)
+        lanes = []
+        for p in range(P):
+            lane = self._lane()
+            m.submodules[f"lane{p}"] = lane
+            lanes.append(lane)
+            port = dispatch.lanes[p]
+            m.d.comb += [lane.i_valid.eq(port.valid), lane.i_addr.eq(port.addr), lane.i_weight.eq(port.weight),
+                         lane.i_value.eq(port.value), lane.i_align.eq(port.align)]
+        m.submodules.unit = unit = UpdateUnit(formats=lay.formats, acc_frac=tuple(l.acc_frac for l in lay.layers),
+                                              depth=max(2, lay.neurons), acc_bits=ACC_BITS,
+                                              multipliers=self.config.multipliers)
+        lane_latency = lanes[0].LATENCY
+
+        # -- memories of the core: events, biases, thresholds ------------------------------------
+        m.submodules.events = events = Memory(shape=ev_word.width, depth=lay.event_depth, init=[])
+        ev_rd, ev_wr = events.read_port(), events.write_port()
+        inits = []
+        for k in ACC_KINDS:
+            mem = Memory(shape=signed(ACC_BITS), depth=max(2, lay.neurons), init=[int(v) for v in img.init[k]])
+            m.submodules[f"init_{k}"] = mem
+            inits.append(mem.read_port())
+        m.submodules.theta = theta_mem = Memory(shape=lay.theta_word.width, depth=max(2, lay.neurons),
+                                                init=[int(v) for v in img.theta])
+        theta_rd = theta_mem.read_port()
+        m.submodules.readout_bias = ro_bias = Memory(shape=signed(ACC_BITS), depth=max(2, lay.outputs),
+                                                     init=[int(v) for v in img.readout_bias])
+        ro_bias_rd = ro_bias.read_port()
+
+        # -- sequencer state -----------------------------------------------------------------------
+        state = Signal(range(9), init=LOAD)
+        self._state = state
+        layer = Signal(range(max(2, L)))
+        parity = Signal()
+        fresh = Signal(init=1)
+        counts = Array(Array(Signal(range(max(lay.hidden) + 1), name=f"count_l{l}_p{q}") for q in range(2))
+                       for l in range(L))
+        steps, cycles, step_cycles, this_step = (Signal(32) for _ in range(4))
+        in_step = Signal()
+        m.d.comb += in_step.eq((state != IDLE) & (state != LOAD))
+        with m.If(in_step):
+            m.d.sync += [cycles.eq(cycles + 1), this_step.eq(this_step + 1)]
+        m.d.comb += [self.status.busy.eq(state != IDLE), self.status.steps.eq(steps),
+                     self.status.cycles.eq(cycles), self.status.step_cycles.eq(step_cycles)]
+
+        # -- LOAD: thresholds into the update unit after reset ------------------------------------------
+        load_k = Signal(range(max(2, lay.neurons) + 1))
+        load_v = Signal()
+        m.d.comb += [theta_rd.addr.eq(load_k), theta_rd.en.eq(1)]
+        m.d.sync += load_v.eq(0)
+        load_addr = Signal.like(load_k)
+        with m.If(state == LOAD):
+            with m.If(load_k < lay.neurons):
+                m.d.sync += [load_k.eq(load_k + 1), load_v.eq(1), load_addr.eq(load_k)]
+            with m.Elif(~load_v):
+                m.d.sync += state.eq(IDLE)
+        m.d.comb += [unit.load_en.eq(load_v), unit.load_theta.eq(1), unit.load_addr.eq(load_addr),
+                     unit.load_data.eq(theta_rd.data)]
+
+        # -- src_: the event source, into the event queue ----------------------------------------------
+        m.submodules.evq = evq = SyncFIFOBuffered(width=ev_layout.size, depth=4)
+        m.d.comb += [dispatch.i.payload.eq(evq.r_data), dispatch.i.valid.eq(evq.r_rdy), evq.r_en.eq(dispatch.i.ready)]
+        SRC_NONE, SRC_STREAM, SRC_BUFFER = range(3)
+        src_mode = Signal(2)
+        src_left = Signal(range(max(lay.input_size, max(lay.hidden)) + 1))
+        src_elem = Signal(range(lay.input_size + 1))
+        src_addr = Signal(range(lay.event_depth))
+        src_offset = Signal(signed(max(lay.rows, lay.neurons).bit_length() + 2))
+        src_kind = Signal(2)
+        src_layer = Signal.like(layer)
+        src_zero = Signal()          # dense baseline, first step: the step before's events count as 0
+        s1_valid, s2_valid = Signal(), Signal()
+        s2_event = Signal(ev_layout)
+        room = Signal()
+        m.d.comb += room.eq(evq.level + s1_valid + s2_valid < 4)
+        src_take = Signal()
+        m.d.comb += self.i.ready.eq((src_mode == SRC_STREAM) & (src_left != 0) & room)
+        m.d.comb += src_take.eq((src_mode == SRC_BUFFER) & (src_left != 0) & room)
+        m.d.comb += [ev_rd.addr.eq(src_addr), ev_rd.en.eq(1)]
+        # What a buffer read becomes, taken with the read (the next segment may already be set up
+        # when its data arrives).
+        s1_offset, s1_kind, s1_layer, s1_zero = (Signal.like(x, name=f"s1_{x.name[4:]}")
+                                                 for x in (src_offset, src_kind, src_layer, src_zero))
+        m.d.sync += [s1_valid.eq(0), s2_valid.eq(s1_valid)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [src_left.eq(src_left - 1), src_elem.eq(src_elem + 1)]
+            # A zero input fetches no row (except in the dense baseline).
+            m.d.sync += [s2_valid.eq((self.i.payload != 0) | dense), s2_event.row.eq(lay.row_base[0] + src_elem),
+                         s2_event.value.eq(self.i.payload), s2_event.kind.eq(KIND_INPUT), s2_event.layer.eq(0)]
+        with m.If(src_take):
+            m.d.sync += [src_left.eq(src_left - 1), src_addr.eq(src_addr + 1), s1_valid.eq(1),
+                         s1_offset.eq(src_offset), s1_kind.eq(src_kind), s1_layer.eq(src_layer),
+                         s1_zero.eq(src_zero)]
+        ev_data = Signal(ev_word.struct_layout())
+        m.d.comb += ev_data.eq(ev_rd.data)
+        with m.If(s1_valid):
+            m.d.sync += [s2_event.row.eq(ev_data.neuron + s1_offset), s2_event.value.eq(Mux(s1_zero, 0, ev_data.value)),
+                         s2_event.kind.eq(s1_kind), s2_event.layer.eq(s1_layer)]
+        m.d.comb += [evq.w_data.eq(s2_event), evq.w_en.eq(s2_valid)]
+        src_busy = Signal()
+        m.d.comb += src_busy.eq((src_left != 0) | s1_valid | s2_valid | (evq.level != 0) | evq.r_rdy)
+
+        def source_buffer(l, q, use, kind, count, zero=False):
+            """Statements that start the source on ``count`` events of layer ``l``, parity ``q``."""
+            return [src_mode.eq(SRC_BUFFER), src_left.eq(count), src_addr.eq(_event_base(l, q)),
+                    src_offset.eq(_row_offset(l, use)), src_kind.eq(kind), src_layer.eq(src_target_layer(l, use)),
+                    src_zero.eq(zero)]
+
+        def _event_base(l, q):
+            return Array(Const(lay.event_base(ll, qq)) for ll in range(L) for qq in range(2))[l * 2 + q]
+
+        def _row_offset(l, use):
+            vals = [lay.row_offset(ll, use) if (use != "input" or ll + 1 < L) else 0 for ll in range(L)]
+            return Array(Const(v, signed(len(src_offset))) for v in vals)[l]
+
+        def src_target_layer(l, use):
+            return l + 1 if use == "input" else l
+
+        # -- drain: wait for the dispatcher and the lanes ------------------------------------------------
+        drain = Signal(range(lane_latency + 4))
+
+        # -- sw_: the sweep --------------------------------------------------------------------------
+        sp = self.spacing
+        sw_left = Signal(range(max(lay.hidden) + 1))
+        sw_space = Signal(range(max(2, sp)))
+        sw_lane = Signal(range(max(2, P)))
+        sw_local = Signal(range(max(2, max(lay.n_local))))
+        sw_neuron = Signal(range(max(2, lay.neurons)))
+        sw_base = Signal(range(lay.acc_depth))
+        sw_issue = Signal()
+        sw_outputs = Signal(range(max(lay.hidden) + 1))   # unit outputs still to come
+        m.d.comb += sw_issue.eq((state == SWEEP) & (sw_left != 0) & (sw_space == 0))
+        with m.If(state == SWEEP):
+            with m.If(sw_space != 0):
+                m.d.sync += sw_space.eq(sw_space - 1)
+            with m.Elif(sw_left != 0):
+                m.d.sync += [sw_left.eq(sw_left - 1), sw_neuron.eq(sw_neuron + 1), sw_space.eq(sp - 1)]
+                with m.If(sw_lane == P - 1):
+                    m.d.sync += [sw_lane.eq(0), sw_local.eq(sw_local + 1)]
+                with m.Else():
+                    m.d.sync += sw_lane.eq(sw_lane + 1)
+        # The neuron record, shifted: stage k reads gate k.
+        record = data.StructLayout({"valid": 1, "lane": range(max(2, P)), "addr": range(lay.acc_depth),
+                                    "neuron": range(max(2, lay.neurons)), "layer": range(max(2, L)), "fresh": 1})
+        stages = [Signal(record, name=f"sw{k}_record") for k in range(4)]
+        m.d.sync += [stages[0].valid.eq(sw_issue), stages[0].lane.eq(sw_lane),
+                     stages[0].addr.eq(sw_base + (sw_local << 2)), stages[0].neuron.eq(sw_neuron),
+                     stages[0].layer.eq(layer), stages[0].fresh.eq(fresh)]
+        for k in range(1, 4):
+            m.d.sync += stages[k].eq(stages[k - 1])
+
+        # -- out_: the readout's outputs -------------------------------------------------------------
+        m.submodules.oq = oq = SyncFIFOBuffered(width=ACC_BITS, depth=4)
+        m.d.comb += [self.o.payload.eq(oq.r_data), self.o.valid.eq(oq.r_rdy), oq.r_en.eq(self.o.ready)]
+        out_left = Signal(range(lay.outputs + 1))
+        out_o = Signal(range(max(2, lay.outputs)))
+        out_lane = Signal(range(max(2, P)))
+        out_local = Signal(range(max(2, lay.readout_local)))
+        out_v = [Signal(name=f"out{c}_valid") for c in range(4)]    # read issued 0..3 cycles ago
+        out_lanes = [Signal(range(max(2, P)), name=f"out{c}_lane") for c in range(3)]
+        out_issue = Signal()
+        m.d.comb += out_issue.eq((state == OUTPUT) & (out_left != 0)
+                                 & (oq.level + out_v[1] + out_v[2] + out_v[3] < 3))
+        m.d.sync += [out_v[1].eq(out_issue), out_v[2].eq(out_v[1]), out_v[3].eq(out_v[2]),
+                     out_lanes[0].eq(out_lane), out_lanes[1].eq(out_lanes[0]), out_lanes[2].eq(out_lanes[1])]
+        m.d.comb += out_v[0].eq(out_issue)
+        with m.If(out_issue):
+            m.d.sync += [out_left.eq(out_left - 1), out_o.eq(out_o + 1)]
+            with m.If(out_lane == P - 1):
+                m.d.sync += [out_lane.eq(0), out_local.eq(out_local + 1)]
+            with m.Else():
+                m.d.sync += out_lane.eq(out_lane + 1)
+        m.d.comb += [ro_bias_rd.addr.eq(out_o), ro_bias_rd.en.eq(1)]
+        out_bias = Signal(signed(ACC_BITS))
+        m.d.sync += out_bias.eq(ro_bias_rd.data)
+        out_sum = Signal(signed(ACC_BITS))
+        out_acc = Signal(signed(ACC_BITS))
+        m.d.comb += out_acc.eq(Array(lane.sweep_rd_data for lane in lanes)[out_lanes[1]])
+        m.d.comb += out_sum.eq(out_acc + out_bias)
+        m.d.comb += [oq.w_en.eq(out_v[2]), oq.w_data.eq(out_sum)]
+        # bias: read with the issue (cycle 0), data in 1, registered in 2 = the lane's data.
+
+        # -- lane read ports: the sweep's four gate reads, or an output read; each read clears -----------
+        for p, lane in enumerate(lanes):
+            en = Signal(name=f"lane{p}_sweep_en")
+            addr = Signal(range(lay.acc_depth), name=f"lane{p}_sweep_addr")
+            hits = [(st.valid & (st.lane == p), st.addr + k) for k, st in enumerate(stages)]
+            hits.append((out_issue & (out_lane == p), lay.readout_acc_base + out_local))
+            m.d.comb += en.eq(0)
+            for hit, a in hits:
+                with m.If(hit):
+                    m.d.comb += [en.eq(1), addr.eq(a)]
+            m.d.comb += [lane.sweep_rd_en.eq(en), lane.sweep_rd_addr.eq(addr),
+                         lane.sweep_wr_en.eq(en), lane.sweep_wr_addr.eq(addr), lane.sweep_wr_data.eq(0)]
+
+        # -- the gate words: lane data (cycle 2 after the read), + bias, delayed to the unit's offsets -----
+        t = Timeline(m)
+        offsets = getattr(unit, "offsets", {k: 0 for k in ACC_KINDS})
+        D = max(k + 4 - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
+        lane_data = Array(lane.sweep_rd_data for lane in lanes)
+        for k, g in enumerate(ACC_KINDS):
+            st = stages[k]
+            rd = inits[k]
+            m.d.comb += [rd.addr.eq(st.neuron), rd.en.eq(1)]
+            # Cycle numbers relative to this gate's read (cycle 0).
+            lane_of = t.input(Signal.like(st.lane, name=f"sw{k}_lane"), 0)
+            m.d.comb += lane_of.eq(st.lane)
+            bias = t.reg(f"sw{k}_bias", rd.data, 2)
+            sel = t.at(lane_of, 2)
+            acc = t.reg(f"sw{k}_acc", lane_data[sel], 3)
+            biased = t.reg(f"sw{k}_biased", acc + t.at(bias, 3), 4, signed(ACC_BITS))
+            word = t.at(biased, D + offsets[g] - k)
+            m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)
+        # The neuron itself, D cycles after stage 0's read.
+        rec_t = t.input(Signal(record.size, name="sw_unit_record"), 0)    # bits: Timeline delays signals
+        m.d.comb += rec_t.eq(stages[0])
+        rec_u = data.View(record, t.at(rec_t, D))
+        m.d.comb += [unit.i_valid.eq(rec_u.valid), unit.i_neuron.eq(rec_u.neuron), unit.i_layer.eq(rec_u.layer),
+                     unit.i_fresh.eq(rec_u.fresh)]
+
+        # -- the unit's events into the event buffer ---------------------------------------------------
+        ev_ptr = Signal(range(lay.event_depth + 1))
+        ev_count = Signal(range(max(lay.hidden) + 1))
+        ev_in = Signal(ev_word.struct_layout())
+        write_event = Signal()
+        m.d.comb += [write_event.eq(unit.o_valid & (unit.o_fire | dense)),
+                     ev_in.neuron.eq(unit.o_neuron), ev_in.value.eq(unit.o_y),
+                     ev_wr.en.eq(write_event), ev_wr.addr.eq(ev_ptr), ev_wr.data.eq(ev_in)]
+        with m.If(write_event):
+            m.d.sync += [ev_ptr.eq(ev_ptr + 1), ev_count.eq(ev_count + 1)]
+        with m.If(unit.o_valid):
+            m.d.sync += sw_outputs.eq(sw_outputs - 1)
+        if self.config.debug:
+            m.d.comb += [self.dbg.valid.eq(unit.o_valid), self.dbg.neuron.eq(unit.o_neuron),
+                         self.dbg.candidate.eq(unit.o_candidate), self.dbg.fire.eq(unit.o_fire),
+                         self.dbg.y.eq(unit.o_y)]
+
+        # -- the sequencer ----------------------------------------------------------------------------
+        idle_dispatch = Signal()
+        m.d.comb += idle_dispatch.eq(~src_busy & ~dispatch.busy)
+        layer_H = Array(Const(H) for H in lay.hidden)
+        layer_base = Array(Const(b) for b in lay.acc_base)
+        neuron_base = Array(Const(b) for b in lay.neuron_base)
+        last = L - 1
+
+        def start_recurrent_or_drain(l):
+            # The layer's own events of the step before; in the dense baseline every neuron, with
+            # value 0 on the first step of a sequence.
+            if dense:
+                m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, layer_H[l], zero=fresh)
+                m.d.sync += state.eq(ACC_REC)
+                return
+            with m.If(fresh):
+                m.d.sync += state.eq(DRAIN)
+            with m.Else():
+                m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, counts[l][~parity])
+                m.d.sync += state.eq(ACC_REC)
+
+        with m.Switch(state):
+            with m.Case(IDLE):
+                with m.If(self.start):
+                    m.d.sync += [fresh.eq(1), steps.eq(0)]
+                    for l in range(L):
+                        m.d.sync += [counts[l][0].eq(0), counts[l][1].eq(0)]
+                with m.Elif(self.i.valid):
+                    m.d.sync += [state.eq(ACC_IN), layer.eq(0), this_step.eq(0),
+                                 src_mode.eq(SRC_STREAM), src_left.eq(lay.input_size), src_elem.eq(0)]
+            with m.Case(ACC_IN):
+                with m.If(src_left == 0):
+                    m.d.sync += src_mode.eq(SRC_NONE)
+                    start_recurrent_or_drain(layer)
+            with m.Case(ACC_REC):
+                with m.If(src_left == 0):
+                    m.d.sync += [src_mode.eq(SRC_NONE), state.eq(DRAIN)]
+            with m.Case(DRAIN):
+                with m.If(~idle_dispatch):
+                    m.d.sync += drain.eq(0)
+                with m.Elif(drain == lane_latency + 1):
+                    m.d.sync += [drain.eq(0), state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_space.eq(0),
+                                 sw_lane.eq(0), sw_local.eq(0), sw_neuron.eq(neuron_base[layer]),
+                                 sw_base.eq(layer_base[layer]), sw_outputs.eq(layer_H[layer]),
+                                 ev_ptr.eq(_event_base(layer, parity)), ev_count.eq(0)]
+                with m.Else():
+                    m.d.sync += drain.eq(drain + 1)
+            with m.Case(SWEEP):
+                with m.If((sw_left == 0) & (sw_outputs == 0)):
+                    m.d.sync += counts[layer][parity].eq(ev_count)
+                    with m.If(layer == last):
+                        m.d.sync += source_buffer(last, parity, "readout", KIND_READOUT, ev_count)
+                        m.d.sync += state.eq(RO_ACC)
+                    with m.Else():
+                        m.d.sync += [layer.eq(layer + 1), state.eq(ACC_IN)]
+                        m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
+            with m.Case(RO_ACC):
+                with m.If(src_left == 0):
+                    m.d.sync += [src_mode.eq(SRC_NONE), state.eq(RO_DRAIN)]
+            with m.Case(RO_DRAIN):
+                with m.If(~idle_dispatch):
+                    m.d.sync += drain.eq(0)
+                with m.Elif(drain == lane_latency + 1):
+                    m.d.sync += [drain.eq(0), state.eq(OUTPUT), out_left.eq(lay.outputs), out_o.eq(0),
+                                 out_lane.eq(0), out_local.eq(0)]
+                with m.Else():
+                    m.d.sync += drain.eq(drain + 1)
+            with m.Case(OUTPUT):
+                with m.If((out_left == 0) & ~out_v[1] & ~out_v[2]):
+                    m.d.sync += [state.eq(IDLE), parity.eq(~parity), fresh.eq(0), steps.eq(steps + 1),
+                                 step_cycles.eq(this_step + 1)]
+        return m

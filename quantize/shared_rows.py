@@ -1,0 +1,306 @@
+"""The shared-row layout of core v2: one row table for all lanes, entries issued in lockstep.
+
+Core v2 (docs/core-v2.md) keeps one row table instead of one per lane, and one weight
+address for all P lanes: each cycle of a row, every lane takes the entry at that address in
+its own weight memory. A row's share differs between lanes when a model is not pruned
+balanced, so every lane's share of row ``r`` is padded with zero-weight entries to the
+longest share, ``length[r]``. Zero entries add zero; a balanced model needs no padding.
+
+Neuron ``n`` of a layer belongs to lane ``n % P`` at local index ``n // P``
+(:mod:`egru_accel.quantize.lanes`), and so does readout output ``o``.
+
+This module is the one definition of the v2 memories and their words (:class:`Word`, from
+:mod:`egru_accel.quantize.memory`): the packer below encodes them, the hardware
+(:mod:`egru_accel.hw.shared_core`) slices them, the testbenches read them.
+
+=============  =========================================  ========================================
+memory         depth (words)                              word, fields from bit 0 up
+=============  =========================================  ========================================
+weights        per lane: the padded entries of every      value (signed weight_bits), gate (2: z,
+(per lane)     layer's rows, then the readout's           r, g), target (local index)
+rows           per layer its inputs' rows then its own    start (entry address), length (entries)
+(shared)       neurons', then the readout's rows
+init_z ..      one per neuron of every layer (global      acc (signed 32): the accumulator's start
+init_hg        index: layer base + n)                     value, its bias
+theta          as init                                    theta (state_bits)
+readout_bias   one per output                             bias (signed 32)
+events         per layer two halves (step parities) of    neuron (global index), value (signed
+(shared)       H words                                    state_bits)
+accumulators   per lane: per layer ``4 ceil(H/P)`` words  acc (signed 32)
+(per lane)     (z, r, ag, hg of each local neuron), then
+               ``ceil(O/P)`` readout words
+=============  =========================================  ========================================
+
+``init_z = bias_x_z + bias_h_z``, ``init_r`` likewise, ``init_ag = bias_x_g``,
+``init_hg = bias_h_g`` (the hardware needs only the sums). Accumulators are 32 bits wide
+in every build: a model whose accumulator bound does not fit 32 bits is refused here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .formats import GATE_G, GATE_R, GATE_Z, NumberFormats, signed_bits_for, unsigned_bits_for
+from .lanes import check_lanes, lane_neurons
+from .memory import GATE_BITS, Field, LayerLayout, LayoutError, Word
+from .model import QuantModel
+from .packer import _lane_entries
+
+__all__ = ["ACC_BITS", "ACC_KINDS", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
+
+#: Width of every accumulator (layers and readout) in every build.
+ACC_BITS = 32
+#: The accumulator words of a local neuron, in address order: ``ag`` takes the g gate of
+#: input rows, ``hg`` that of recurrent rows.
+ACC_KINDS = ("z", "r", "ag", "hg")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class SharedRowLayout:
+    """Shapes, formats and the address map of a shared-row core; every word and depth."""
+    formats: NumberFormats
+    lanes: int
+    dense: bool
+    layers: tuple[LayerLayout, ...]
+    outputs: int
+    entries: int            # weight entries per lane (equal in every lane)
+    max_row_length: int
+
+    # -- shapes -------------------------------------------------------------------------
+    @property
+    def input_size(self) -> int:
+        return self.layers[0].inputs
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return tuple(l.hidden for l in self.layers)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_local(self) -> tuple[int, ...]:
+        """Local neurons of lane 0 (the fullest) per layer."""
+        return tuple(_ceil_div(H, self.lanes) for H in self.hidden)
+
+    @property
+    def readout_local(self) -> int:
+        return _ceil_div(self.outputs, self.lanes)
+
+    # -- address maps -------------------------------------------------------------------
+    @property
+    def neuron_base(self) -> tuple[int, ...]:
+        """Global index of each layer's neuron 0 (init, theta, events, the update unit)."""
+        return tuple(int(v) for v in np.concatenate([[0], np.cumsum(self.hidden)[:-1]]))
+
+    @property
+    def neurons(self) -> int:
+        return sum(self.hidden)
+
+    @property
+    def row_base(self) -> tuple[int, ...]:
+        """First row of each layer: its ``inputs`` rows, then its ``hidden`` rows."""
+        out, r = [], 0
+        for l in self.layers:
+            out.append(r)
+            r += l.inputs + l.hidden
+        return tuple(out)
+
+    @property
+    def readout_row_base(self) -> int:
+        return sum(l.inputs + l.hidden for l in self.layers)
+
+    @property
+    def rows(self) -> int:
+        return self.readout_row_base + self.hidden[-1]
+
+    @property
+    def acc_base(self) -> tuple[int, ...]:
+        """First accumulator word of each layer in every lane (4 words per local neuron)."""
+        return tuple(int(v) for v in np.concatenate([[0], 4 * np.cumsum(self.n_local)[:-1]]))
+
+    @property
+    def readout_acc_base(self) -> int:
+        return 4 * sum(self.n_local)
+
+    @property
+    def acc_depth(self) -> int:
+        return max(2, self.readout_acc_base + self.readout_local)
+
+    def event_base(self, layer: int, parity: int) -> int:
+        """First events word of ``layer``'s half for steps of ``parity``."""
+        return 2 * self.neuron_base[layer] + parity * self.hidden[layer]
+
+    @property
+    def event_depth(self) -> int:
+        return max(2, 2 * self.neurons)
+
+    @property
+    def max_align(self) -> int:
+        return max(max(max(l.input_align), max(l.recurrent_align)) for l in self.layers)
+
+    # -- words --------------------------------------------------------------------------
+    @property
+    def entry_word(self) -> Word:
+        target = unsigned_bits_for(max(max(self.n_local), self.readout_local) - 1)
+        return Word((Field("value", self.formats.weight_bits, True), Field("gate", GATE_BITS),
+                     Field("target", max(1, target))))
+
+    @property
+    def row_word(self) -> Word:
+        return Word((Field("start", max(1, unsigned_bits_for(self.entries))),
+                     Field("length", max(1, unsigned_bits_for(self.max_row_length)))))
+
+    @property
+    def event_word(self) -> Word:
+        return Word((Field("neuron", max(1, unsigned_bits_for(self.neurons - 1))),
+                     Field("value", self.formats.state_bits, True)))
+
+    @property
+    def acc_word(self) -> Word:
+        return Word((Field("acc", ACC_BITS, True),))
+
+    @property
+    def theta_word(self) -> Word:
+        return Word((Field("theta", self.formats.state_bits),))
+
+    def row_offset(self, layer: int, use: str) -> int:
+        """What to add to a global neuron index of ``layer`` to get the row its event fetches:
+        ``use`` is ``"recurrent"`` (the layer's own rows), ``"input"`` (the next layer's input
+        rows) or ``"readout"``."""
+        nb = self.neuron_base[layer]
+        if use == "recurrent":
+            return self.row_base[layer] + self.layers[layer].inputs - nb
+        if use == "input":
+            return self.row_base[layer + 1] - nb
+        if use == "readout":
+            return self.readout_row_base - nb
+        raise ValueError(f"use must be recurrent, input or readout, not {use!r}")
+
+    def to_dict(self) -> dict:
+        return {"formats": self.formats.to_dict(), "lanes": self.lanes, "dense": self.dense,
+                "inputs": self.input_size, "hidden": list(self.hidden), "outputs": self.outputs,
+                "layers": [{"inputs": l.inputs, "hidden": l.hidden, "acc_frac": l.acc_frac,
+                            "input_align": list(l.input_align), "recurrent_align": list(l.recurrent_align)}
+                           for l in self.layers],
+                "entries": self.entries, "max_row_length": self.max_row_length, "rows": self.rows,
+                "acc_depth": self.acc_depth}
+
+
+@dataclass(frozen=True)
+class SharedRowImage:
+    """A model in the shared-row memories: ``weights[p]`` (entry words of lane ``p``, all
+    ``layout.entries`` long), ``rows`` (row words), ``init[k]`` for k in :data:`ACC_KINDS`
+    (per global neuron), ``theta``, ``readout_bias`` (integers, not words: they are one field
+    each)."""
+    layout: SharedRowLayout
+    weights: tuple = field(repr=False)
+    rows: np.ndarray = field(repr=False)
+    init: dict = field(repr=False)
+    theta: np.ndarray = field(repr=False)
+    readout_bias: np.ndarray = field(repr=False)
+    padding: int = 0        # zero-weight entries added to pad shares (all lanes)
+
+    def row_fields(self) -> dict:
+        return self.layout.row_word.unpack(self.rows)
+
+
+def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False) -> SharedRowImage:
+    """Lay ``model`` out for a shared-row core of ``lanes`` lanes. ``dense=True`` stores every
+    weight, zeros included (the dense baseline). Raises ``LayoutError`` when an accumulator
+    bound exceeds :data:`ACC_BITS`."""
+    if not isinstance(model, QuantModel):
+        raise TypeError(f"pack_shared_rows takes a QuantModel, not {type(model).__name__}")
+    lanes = check_lanes(lanes)
+    for l, H in enumerate(model.hidden_sizes):
+        if lanes > H:
+            raise ValueError(f"{lanes} lanes is more than layer{l}'s {H} neurons")
+    for l in range(len(model.layers)):
+        bits = model.layer_bounds(l).bits()
+        worst = max(bits, key=bits.get)
+        if bits[worst] > ACC_BITS:
+            raise LayoutError(f"layer{l}'s {worst} accumulator needs {bits[worst]} bits, more than the "
+                              f"core's {ACC_BITS}")
+    if signed_bits_for(model.readout_bound()) > ACC_BITS:
+        raise LayoutError(f"the readout needs {signed_bits_for(model.readout_bound())} bits, more than "
+                          f"the core's {ACC_BITS}")
+    fmt = model.formats
+    matrices = [(np.concatenate([layer.W, layer.R], axis=0), 3) for layer in model.layers]
+    matrices.append((model.readout.W, 1))
+    values, gates, targets, lengths, padding = [[] for _ in range(lanes)], [[] for _ in range(lanes)], \
+        [[] for _ in range(lanes)], [], 0
+    for M, g in matrices:
+        parts = [_lane_entries(M, g, lanes, p, dense) for p in range(lanes)]
+        counts = np.stack([n for *_, n in parts])            # [lanes, rows]
+        longest = counts.max(axis=0)
+        lengths.append(longest)
+        row_start = np.concatenate([[0], np.cumsum(longest)[:-1]])
+        for p, (v, gt, tg, n) in enumerate(parts):
+            # Lane p's share of each row at the row's start, the rest of the row zero entries.
+            padding += int((longest - n).sum())
+            row_of = np.repeat(np.arange(len(n)), n)
+            slot = np.arange(len(v)) - np.concatenate([[0], np.cumsum(n)[:-1]])[row_of]
+            pv = np.zeros(int(longest.sum()), dtype=np.int64)
+            pg, pt = np.zeros_like(pv), np.zeros_like(pv)
+            idx = row_start[row_of] + slot
+            pv[idx], pg[idx], pt[idx] = v, gt, tg
+            values[p].append(pv)
+            gates[p].append(pg)
+            targets[p].append(pt)
+    lengths = np.concatenate(lengths).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    entries = int(lengths.sum())
+    layout = SharedRowLayout(
+        formats=fmt, lanes=lanes, dense=bool(dense),
+        layers=tuple(LayerLayout(inputs=layer.input_size, hidden=layer.hidden_size, acc_frac=model.acc_frac(l),
+                                 input_align=model.input_align(l), recurrent_align=model.recurrent_align(l))
+                     for l, layer in enumerate(model.layers)),
+        outputs=model.output_size, entries=entries, max_row_length=int(lengths.max()) if len(lengths) else 0)
+    ew = layout.entry_word
+    weights = tuple(ew.pack(value=np.concatenate(values[p]), gate=np.concatenate(gates[p]),
+                            target=np.concatenate(targets[p])) for p in range(lanes))
+    rows = layout.row_word.pack(start=starts, length=lengths)
+    init = {k: [] for k in ACC_KINDS}
+    theta = []
+    for layer in model.layers:
+        H = layer.hidden_size
+        bx = [layer.bias_x[k * H:(k + 1) * H] for k in (GATE_Z, GATE_R, GATE_G)]
+        bh = [layer.bias_h[k * H:(k + 1) * H] for k in (GATE_Z, GATE_R, GATE_G)]
+        init["z"].append(bx[0] + bh[0])
+        init["r"].append(bx[1] + bh[1])
+        init["ag"].append(bx[2])
+        init["hg"].append(bh[2])
+        theta.append(layer.theta)
+    return SharedRowImage(layout=layout, weights=weights, rows=rows,
+                          init={k: np.concatenate(v).astype(np.int64) for k, v in init.items()},
+                          theta=np.concatenate(theta).astype(np.int64),
+                          readout_bias=np.asarray(model.readout.bias, dtype=np.int64), padding=padding)
+
+
+def unpack_weights(image: SharedRowImage) -> list[np.ndarray]:
+    """The matrices the image's entries describe: per layer ``[I + H, 3H]`` (W over R), then
+    the readout ``[H, O]`` (for tests: equal to the model's, padding contributing zeros)."""
+    lay, P = image.layout, image.layout.lanes
+    rows = image.row_fields()
+    out = []
+    specs = [(lay.row_base[l], l_.inputs + l_.hidden, l_.hidden, 3) for l, l_ in enumerate(lay.layers)]
+    specs.append((lay.readout_row_base, lay.hidden[-1], lay.outputs, 1))
+    for base, n_rows, targets, g in specs:
+        M = np.zeros((n_rows, g * targets), dtype=np.int64)
+        for p in range(P):
+            w = lay.entry_word.unpack(image.weights[p])
+            for r in range(n_rows):
+                s, n = int(rows["start"][base + r]), int(rows["length"][base + r])
+                for e in range(s, s + n):
+                    if w["value"][e]:
+                        neuron = int(w["target"][e]) * P + p
+                        M[r, int(w["gate"][e]) * targets + neuron] += int(w["value"][e])
+        out.append(M)
+    return out

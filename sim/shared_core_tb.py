@@ -1,0 +1,140 @@
+"""Run core v2 (:class:`~egru_accel.hw.shared_core.SharedCore`) in the Amaranth simulator.
+
+:func:`run_shared_core` feeds sequences through ``i`` (with ``start`` before each), takes the
+outputs from ``o``, records every neuron update from the debug port and every step's cycles,
+with optional random idle cycles on the input and back-pressure on the output.
+:func:`compare_with_golden` checks all of it against the golden model, integer for integer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from egru_accel.hw.shared_core import SharedCore, SharedCoreConfig
+from egru_accel.quantize import golden
+from egru_accel.quantize.model import QuantModel
+from egru_accel.quantize.shared_rows import SharedRowImage
+
+__all__ = ["SharedCoreRecord", "run_shared_core", "compare_with_golden"]
+
+
+@dataclass
+class SharedCoreRecord:
+    """What the core did: ``outputs[s]`` [T, O] per sequence; ``updates[s][t]``: (global neuron,
+    candidate, fire, y) in the order the unit produced them; ``step_cycles[s]`` [T]."""
+    outputs: list = field(default_factory=list)
+    updates: list = field(default_factory=list)
+    step_cycles: list = field(default_factory=list)
+
+
+def _pauses(rng, probability):
+    while True:
+        yield bool(rng is not None and probability and rng.random() < probability)
+
+
+def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreConfig | None = None,
+                    stall_probability: float = 0.0, seed: int = 0, vcd: str | None = None) -> SharedCoreRecord:
+    """Simulate the sequences ``x`` [S, T, I] (layer-0 integers), each after a ``start``."""
+    x = np.asarray(x, dtype=np.int64)
+    lay = image.layout
+    if x.ndim != 3 or x.shape[2] != lay.input_size:
+        raise ValueError(f"expected inputs [S, T, {lay.input_size}], got {list(x.shape)}")
+    S, T, I, O = x.shape[0], x.shape[1], lay.input_size, lay.outputs
+    config = SharedCoreConfig(debug=True) if config is None else config
+    if not config.debug:
+        raise ValueError("run_shared_core needs a core with the debug port (debug=True)")
+    dut = SharedCore(image, config)
+    rng = np.random.default_rng(seed)
+    src_pause = _pauses(rng, stall_probability)
+    sink_pause = _pauses(np.random.default_rng(seed + 1), stall_probability)
+    rec = SharedCoreRecord()
+    updates: list = []
+
+    async def source(ctx):
+        await ctx.tick().until(~dut.status.busy)
+        for s in range(S):
+            await ctx.tick().until(~dut.status.busy)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            rec.step_cycles.append([])
+            for t in range(T):
+                for j in range(I):
+                    while next(src_pause):
+                        ctx.set(dut.i.valid, 0)
+                        await ctx.tick()
+                    ctx.set(dut.i.valid, 1)
+                    ctx.set(dut.i.payload, int(x[s, t, j]))
+                    await ctx.tick().until(dut.i.ready)
+                ctx.set(dut.i.valid, 0)
+                # The step's cycles, once it has finished (its outputs are queued by then).
+                await ctx.tick().until(~dut.status.busy)
+                rec.step_cycles[-1].append(int(ctx.get(dut.status.step_cycles)))
+
+    async def monitor(ctx):
+        async for _, _, valid, neuron, cand, fire, y in ctx.tick().sample(
+                dut.dbg.valid, dut.dbg.neuron, dut.dbg.candidate, dut.dbg.fire, dut.dbg.y):
+            if valid:
+                updates.append((int(neuron), int(cand), int(fire), int(y)))
+
+    async def sink(ctx):
+        for s in range(S):
+            out = np.zeros((T, O), dtype=np.int64)
+            for t in range(T):
+                values = []
+                while len(values) < O:
+                    ready = not next(sink_pause)
+                    ctx.set(dut.o.ready, ready)
+                    _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+                    if valid and ready:
+                        values.append(int(payload))
+                out[t] = values
+            rec.outputs.append(out)
+        ctx.set(dut.o.ready, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(source, background=True)
+    sim.add_testbench(monitor, background=True)
+    sim.add_testbench(sink)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    per_step = image.layout.neurons
+    rec.updates = [[updates[(s * T + t) * per_step:(s * T + t + 1) * per_step] for t in range(T)]
+                   for s in range(S)]
+    return rec
+
+
+def compare_with_golden(model: QuantModel, image: SharedRowImage, x: np.ndarray, rec: SharedCoreRecord) -> list[str]:
+    """Every difference between the core's record and the golden model on ``x`` [S, T, I]: the
+    outputs of every step, and every neuron's candidate, event and value. Empty: bit-exact."""
+    x = np.asarray(x, dtype=np.int64)
+    trace = golden.run(model, np.transpose(x, (1, 0, 2)))
+    lay = image.layout
+    diffs = []
+    S, T = x.shape[0], x.shape[1]
+    for s in range(S):
+        got = rec.outputs[s]
+        want = trace.logits[:, s, :]
+        if not np.array_equal(got, want):
+            t = int(np.argwhere(got != want)[0][0])
+            diffs.append(f"sequence {s} step {t}: outputs {got[t].tolist()}, golden {want[t].tolist()}")
+        for t in range(T):
+            ups = rec.updates[s][t]
+            want_u = []
+            for l, base in enumerate(lay.neuron_base):
+                for n in range(lay.hidden[l]):
+                    want_u.append((base + n, int(trace.candidate[l][t, s, n]), int(trace.events[l][t, s, n]),
+                                   int(trace.y[l][t, s, n])))
+            if ups != want_u:
+                first = next((i for i, (a, b) in enumerate(zip(ups, want_u)) if a != b), min(len(ups), len(want_u)))
+                diffs.append(f"sequence {s} step {t}: update {first}: core "
+                             f"{ups[first] if first < len(ups) else None}, golden "
+                             f"{want_u[first] if first < len(want_u) else None}")
+    return diffs
