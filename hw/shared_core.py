@@ -400,6 +400,16 @@ class SharedCore(wiring.Component):
                 m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, counts[l][~parity])
                 m.d.sync += state.eq(ACC_REC)
 
+        def drained(then):
+            """``then`` once the dispatcher has been idle for the lanes' latency (their last
+            entries written)."""
+            with m.If(~idle_dispatch):
+                m.d.sync += drain.eq(0)
+            with m.Elif(drain == lane_latency + 1):
+                m.d.sync += [drain.eq(0)] + then
+            with m.Else():
+                m.d.sync += drain.eq(drain + 1)
+
         with m.Switch(state):
             with m.Case(IDLE):
                 with m.If(self.start):
@@ -417,15 +427,10 @@ class SharedCore(wiring.Component):
                 with m.If(src_left == 0):
                     m.d.sync += [src_mode.eq(SRC_NONE), state.eq(DRAIN)]
             with m.Case(DRAIN):
-                with m.If(~idle_dispatch):
-                    m.d.sync += drain.eq(0)
-                with m.Elif(drain == lane_latency + 1):
-                    m.d.sync += [drain.eq(0), state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_space.eq(0),
-                                 sw_lane.eq(0), sw_local.eq(0), sw_neuron.eq(neuron_base[layer]),
-                                 sw_base.eq(layer_base[layer]), sw_outputs.eq(layer_H[layer]),
-                                 ev_ptr.eq(_event_base(layer, parity)), ev_count.eq(0)]
-                with m.Else():
-                    m.d.sync += drain.eq(drain + 1)
+                drained([state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_space.eq(0),
+                         sw_lane.eq(0), sw_local.eq(0), sw_neuron.eq(neuron_base[layer]),
+                         sw_base.eq(layer_base[layer]), sw_outputs.eq(layer_H[layer]),
+                         ev_ptr.eq(_event_base(layer, parity)), ev_count.eq(0)])
             with m.Case(SWEEP):
                 with m.If((sw_left == 0) & (sw_outputs == 0)):
                     m.d.sync += counts[layer][parity].eq(ev_count)
@@ -439,13 +444,8 @@ class SharedCore(wiring.Component):
                 with m.If(src_left == 0):
                     m.d.sync += [src_mode.eq(SRC_NONE), state.eq(RO_DRAIN)]
             with m.Case(RO_DRAIN):
-                with m.If(~idle_dispatch):
-                    m.d.sync += drain.eq(0)
-                with m.Elif(drain == lane_latency + 1):
-                    m.d.sync += [drain.eq(0), state.eq(OUTPUT), out_left.eq(lay.outputs), out_o.eq(0),
-                                 out_lane.eq(0), out_local.eq(0)]
-                with m.Else():
-                    m.d.sync += drain.eq(drain + 1)
+                drained([state.eq(OUTPUT), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
+                         out_local.eq(0)])
             with m.Case(OUTPUT):
                 with m.If((out_left == 0) & ~out_v[1] & ~out_v[2]):
                     m.d.sync += [state.eq(IDLE), parity.eq(~parity), fresh.eq(0), steps.eq(steps + 1),
