@@ -31,7 +31,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
-from .mac_lane import check_lane_arguments
+from .mac_lane import RegisterAccumulators, check_lane_arguments
 
 __all__ = ["DSPMacLane", "DSP_KINDS"]
 
@@ -43,15 +43,21 @@ class DSPMacLane(wiring.Component):
 
     ``weight << align`` and ``value`` are 16-bit signed (the SB_MAC16's operands). The sweep
     port works as :class:`~hw.mac_lane.MacLane`'s (read data two cycles after the address), and
-    the sweep must keep ``LATENCY`` cycles away from entries, both ways.
+    the sweep must keep ``LATENCY`` cycles away from entries, both ways, on the block RAM's
+    addresses. The last ``registers`` addresses are flip-flops, as in MacLane: entries and
+    sweep accesses on them use no block-RAM port; with ``banks=2``, an entry in one bank and a
+    sweep access in the other use different block RAMs.
     """
 
     LATENCY = 5     # an entry on i_* in cycle t is readable through sweep_rd from cycle t + 5
 
-    def __init__(self, *, depth: int, weight_bits: int = 8, max_align: int = 8, dsp: str = "model"):
+    def __init__(self, *, depth: int, weight_bits: int = 8, max_align: int = 8, dsp: str = "model",
+                 registers: int = 0, banks: int = 1):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
-                                 operand_bits=16, operand="the 16-bit DSP operand")
+                                 operand_bits=16, operand="the 16-bit DSP operand", registers=registers,
+                                 banks=banks)
+            self.registers, self.banks = registers, banks
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
             if dsp not in DSP_KINDS:
                 raise ValueError(f"dsp must be one of {', '.join(DSP_KINDS)}, not {dsp!r}")
@@ -93,10 +99,10 @@ class DSPMacLane(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mem = mem = Memory(shape=signed(32), depth=self.depth, init=[])
-        rd = mem.read_port()
-        wr = mem.write_port()
         addr_shape = self.i_addr.shape()
+        acc = signed(32)
+        regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
+                                    banks=self.banks)
 
         operand = Signal(signed(16))
         m.d.comb += operand.eq(self.i_weight << self.i_align)
@@ -112,7 +118,8 @@ class DSPMacLane(wiring.Component):
                      a1_valid.eq(a0_valid), a1_addr.eq(a0_addr),
                      a2_valid.eq(a1_valid), a2_addr.eq(a1_addr),
                      a3_valid.eq(a2_valid), a3_addr.eq(a2_addr)]
-        m.d.comb += [rd.addr.eq(Mux(self.sweep_rd_en, self.sweep_rd_addr, a1_addr)), rd.en.eq(1)]
+        # The entry's read is issued at a1: its data (block RAM or register) is there at a2.
+        entry_data = regs.read(a1_addr, self.sweep_rd_en, self.sweep_rd_addr)
 
         # Forwarding, decided a cycle ahead: the entry now at a1 against the one at a2 (it will
         # be on O) and the one at a3 (it will be on a3_prev).
@@ -121,13 +128,9 @@ class DSPMacLane(wiring.Component):
                      a2_fwd2.eq(a3_valid & (a3_addr == a1_addr))]
         a3_prev = Signal(signed(32))      # O of the cycle before
         m.d.sync += a3_prev.eq(o)
-        m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, rd.data)))
+        m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, entry_data)))
 
-        m.d.comb += [wr.en.eq(a3_valid | self.sweep_wr_en),
-                     wr.addr.eq(Mux(a3_valid, a3_addr, self.sweep_wr_addr)),
-                     wr.data.eq(Mux(a3_valid, o, self.sweep_wr_data))]
+        regs.write(a3_valid, a3_addr, o, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data)
         # The sweep reads two cycles after its address: one for the block RAM, one register.
-        sweep_data = Signal(signed(32))
-        m.d.sync += sweep_data.eq(rd.data)
-        m.d.comb += self.sweep_rd_data.eq(sweep_data)
+        m.d.comb += self.sweep_rd_data.eq(regs.sweep_data)
         return m

@@ -21,14 +21,14 @@ sweep write counts as a write for forwarding, so entries may follow it at once.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
 
-__all__ = ["MacLane", "check_lane_arguments"]
+__all__ = ["MacLane", "RegisterAccumulators", "check_lane_arguments"]
 
 
 def _positive(name, value, low=1):
@@ -39,14 +39,128 @@ def _positive(name, value, low=1):
     return value
 
 
-def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, operand: str):
+def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, operand: str, registers: int = 0,
+                         banks: int = 1):
     """The checks every lane shares: ``depth`` accumulators (at least 2), ``weight_bits`` and the
-    alignment, with ``weight << align`` fitting ``operand`` (``operand_bits`` wide)."""
+    alignment, with ``weight << align`` fitting ``operand`` (``operand_bits`` wide), fewer
+    ``registers`` than ``depth``, and 1 or 2 ``banks`` (two of a power-of-two size each)."""
     _positive("depth", depth, 2)
     _positive("weight_bits", weight_bits, 2)
     _positive("max_align", max_align, 0)
+    _positive("registers", registers, 0)
+    if registers >= depth:
+        raise ValueError(f"registers must be fewer than depth ({depth}), not {registers}")
+    if banks not in (1, 2) or isinstance(banks, bool):
+        raise ValueError(f"banks must be 1 or 2, not {banks!r}")
+    ram = depth - registers
+    if banks == 2 and (ram % 2 or ram // 2 < 2 or (ram // 2) & (ram // 2 - 1)):
+        raise ValueError(f"two banks need depth - registers to be twice a power of two (at least 4), not {ram}")
     if weight_bits + max_align > operand_bits:
         raise ValueError(f"weight_bits + max_align must fit {operand}, not {weight_bits} + {max_align}")
+
+
+class RegisterAccumulators:
+    """A lane's ``depth`` accumulators: the first ``depth - registers`` in ``banks`` block RAMs
+    (each with one read and one write port), the last ``registers`` in flip-flops.
+
+    The flip-flop words are the readout's: few, and busy while the sweep of the last layer
+    uses the block RAMs' ports, so entries and sweep accesses on them take no block-RAM port.
+    With two banks the bank is the address bit above ``(depth - registers) / 2`` words (a
+    power of two), and an entry in one bank and a sweep access in the other use different
+    ports. Reads behave alike on every kind of word (data one cycle after the address, writes
+    of that cycle not seen), so a lane's forwarding covers them all.
+    """
+
+    def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1):
+        self.m, self.shape = m, shape
+        self.base = depth - registers                 # the first register address
+        self.banks = banks
+        bank_words = self.base // banks
+        self.bank_bits = (bank_words - 1).bit_length() if banks > 1 else None
+        if banks > 1:
+            ram_depth = bank_words
+        elif registers:
+            # The block RAM spans the whole address space, so that the read an entry on a
+            # register word issues lands on a (never used) word rather than outside.
+            ram_depth = 1 << Shape.cast(addr_shape).width
+        else:
+            ram_depth = depth
+        self.rds, self.wrs = [], []
+        for b in range(banks):
+            mem = Memory(shape=shape, depth=max(2, ram_depth), init=[])
+            m.submodules[f"mem{b}" if banks > 1 else "mem"] = mem
+            self.rds.append(mem.read_port())
+            self.wrs.append(mem.write_port())
+        self.words = [Signal(shape, name=f"reg_acc{j}") for j in range(registers)]
+        self.sweep_data = Signal(shape)
+
+    def _hits(self, addr):
+        return [addr == self.base + j for j in range(len(self.words))]
+
+    def _select(self, addr):
+        """The register word at ``addr`` (0 when ``addr`` is in a block RAM)."""
+        out = Const(0, self.shape)
+        for hit, word in zip(self._hits(addr), self.words):
+            out = Mux(hit, word, out)
+        return out
+
+    def is_register(self, addr):
+        return addr >= self.base if self.words else Const(0)
+
+    def _bank(self, addr):
+        return addr[self.bank_bits] if self.banks > 1 else Const(0)
+
+    def _low(self, addr):
+        return addr[:self.bank_bits] if self.banks > 1 else addr
+
+    def _in_bank(self, en, addr, b):
+        return en & ~self.is_register(addr) & (self._bank(addr) == b)
+
+    def _ram_data(self, bank_reg):
+        data = self.rds[0].data
+        for b in range(1, self.banks):
+            data = Mux(bank_reg == b, self.rds[b].data, data)
+        return data
+
+    def read(self, entry_addr, sweep_en, sweep_addr):
+        """Issue an entry's read and the sweep's: the entry's data one cycle later (returned),
+        the sweep's two cycles later on ``sweep_data``. A sweep read of a block RAM takes its
+        port from an entry in the same bank (the caller keeps them apart)."""
+        m = self.m
+        for b, rd in enumerate(self.rds):
+            here = self._in_bank(sweep_en, sweep_addr, b)
+            m.d.comb += [rd.addr.eq(Mux(here, self._low(sweep_addr), self._low(entry_addr))), rd.en.eq(1)]
+        e_bank, s_bank = Signal(range(max(2, self.banks))), Signal(range(max(2, self.banks)))
+        m.d.sync += [e_bank.eq(self._bank(entry_addr)), s_bank.eq(self._bank(sweep_addr))]
+        e_ram, s_ram = self._ram_data(e_bank), self._ram_data(s_bank)
+        entry_data = Signal(self.shape)
+        if not self.words:
+            m.d.comb += entry_data.eq(e_ram)
+            m.d.sync += self.sweep_data.eq(s_ram)
+            return entry_data
+        e_reg, e_is_reg = Signal(self.shape), Signal()
+        s_reg, s_is_reg = Signal(self.shape), Signal()
+        m.d.sync += [e_reg.eq(self._select(entry_addr)), e_is_reg.eq(self.is_register(entry_addr)),
+                     s_reg.eq(self._select(sweep_addr)), s_is_reg.eq(self.is_register(sweep_addr)),
+                     self.sweep_data.eq(Mux(s_is_reg, s_reg, s_ram))]
+        m.d.comb += entry_data.eq(Mux(e_is_reg, e_reg, e_ram))
+        return entry_data
+
+    def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data):
+        """This cycle's writes: an entry's sum and a sweep word; on one memory or one register
+        the entry wins (the caller keeps them apart)."""
+        m = self.m
+        for b, wr in enumerate(self.wrs):
+            entry_here = self._in_bank(entry_en, entry_addr, b)
+            sweep_here = self._in_bank(sweep_en, sweep_addr, b)
+            m.d.comb += [wr.en.eq(entry_here | sweep_here),
+                         wr.addr.eq(Mux(entry_here, self._low(entry_addr), self._low(sweep_addr))),
+                         wr.data.eq(Mux(entry_here, entry_data, sweep_data))]
+        for hit_e, hit_s, word in zip(self._hits(entry_addr), self._hits(sweep_addr), self.words):
+            with m.If(entry_en & hit_e):
+                m.d.sync += word.eq(entry_data)
+            with m.Elif(sweep_en & hit_s):
+                m.d.sync += word.eq(sweep_data)
 
 
 class MacLane(wiring.Component):
@@ -56,16 +170,21 @@ class MacLane(wiring.Component):
 
     Latency: an entry presented on ``i_*`` in cycle t is in the memory from cycle t + 4 on
     (a0 at t + 1, write at the end of t + 3). The sum wraps at ``acc_bits`` (the quantizer
-    guarantees that no accumulator bound exceeds it).
+    guarantees that no accumulator bound exceeds it). The last ``registers`` addresses are
+    flip-flops (:class:`RegisterAccumulators`): the sweep may read and write them while entries
+    use the block RAM, and entries may use them while the sweep uses the block RAM. With
+    ``banks=2`` the same holds between the two banks of block RAM.
     """
 
     LATENCY = 4     # cycles from an entry on i_* to its sum being readable through sweep_rd
 
     def __init__(self, *, depth: int, acc_bits: int = 32, weight_bits: int = 8, value_bits: int = 16,
-                 max_align: int = 8):
+                 max_align: int = 8, registers: int = 0, banks: int = 1):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
-                                 operand_bits=18, operand="one 18-bit multiplier operand")
+                                 operand_bits=18, operand="one 18-bit multiplier operand", registers=registers,
+                                 banks=banks)
+            self.registers, self.banks = registers, banks
             self.acc_bits = _positive("acc_bits", acc_bits, 2)
             self.value_bits = _positive("value_bits", value_bits, 2)
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
@@ -80,10 +199,9 @@ class MacLane(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         acc = signed(self.acc_bits)
-        m.submodules.mem = mem = Memory(shape=acc, depth=self.depth, init=[])
-        rd = mem.read_port()            # synchronous: data one cycle after the address
-        wr = mem.write_port()
         addr_shape = self.i_addr.shape()
+        regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
+                                    banks=self.banks)
 
         # a0: the entry, registered; the weight shifted before the register (a small mux on a
         # narrow operand, not a barrel shifter on the product).
@@ -92,7 +210,7 @@ class MacLane(wiring.Component):
         a0_value = Signal(signed(self.value_bits))
         m.d.sync += [a0_valid.eq(self.i_valid), a0_addr.eq(self.i_addr),
                      a0_operand.eq(self.i_weight << self.i_align), a0_value.eq(self.i_value)]
-        m.d.comb += [rd.addr.eq(Mux(self.sweep_rd_en, self.sweep_rd_addr, a0_addr)), rd.en.eq(1)]
+        entry_data = regs.read(a0_addr, self.sweep_rd_en, self.sweep_rd_addr)     # at a1
 
         # a1: DSP pipeline register; hazards against the entry ahead (a2) and the write before.
         a1_valid, a1_addr = Signal(), Signal(addr_shape)
@@ -107,7 +225,7 @@ class MacLane(wiring.Component):
         write_en = Signal()
         write_addr = Signal(addr_shape)
         m.d.sync += [a2_valid.eq(a1_valid), a2_addr.eq(a1_addr), a2_product.eq(a1_product),
-                     a2_read.eq(rd.data),
+                     a2_read.eq(entry_data),
                      # a2 next cycle sees: the write now at a2 (becomes w1), the write now in w1 (w2).
                      a2_fwd1.eq(write_en & (write_addr == a1_addr)),
                      a2_fwd2.eq(w1_en & (w1_addr == a1_addr))]
@@ -119,9 +237,10 @@ class MacLane(wiring.Component):
         m.d.comb += [write_en.eq(a2_valid | self.sweep_wr_en),
                      write_addr.eq(Mux(a2_valid, a2_addr, self.sweep_wr_addr))]
         write_data = Mux(a2_valid, total, self.sweep_wr_data)
-        m.d.comb += [wr.en.eq(write_en), wr.addr.eq(write_addr), wr.data.eq(write_data)]
+        regs.write(a2_valid, a2_addr, total, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data)
+        # Forwarding counts one write per cycle, the entry's before the sweep's.
         m.d.sync += [w1_en.eq(write_en), w1_addr.eq(write_addr), w1_data.eq(write_data), w2_data.eq(w1_data)]
 
-        # The sweep's read data, two cycles after its address (registered like the MAC's).
-        m.d.comb += self.sweep_rd_data.eq(a2_read)
+        # The sweep's read data, two cycles after its address.
+        m.d.comb += self.sweep_rd_data.eq(regs.sweep_data)
         return m

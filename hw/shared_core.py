@@ -36,7 +36,7 @@ from .mac_lane import MacLane
 from .pipeline import Timeline
 from .update_unit import MULTIPLIERS, UpdateUnit
 
-__all__ = ["SharedCore", "SharedCoreConfig", "LANE_KINDS"]
+__all__ = ["SharedCore", "SharedCoreConfig", "LANE_KINDS", "STATE_NAMES"]
 
 #: ``"fabric"``: :class:`~hw.mac_lane.MacLane` (adds in the fabric; ECP5); ``"dsp_model"`` /
 #: ``"sb_mac16"``: :class:`~hw.dsp_mac_lane.DSPMacLane` (adds in the iCE40's SB_MAC16), as an
@@ -69,8 +69,8 @@ class SharedCoreConfig:
 class StatusSignature(wiring.Signature):
     """``busy``: a step is running (or thresholds are being loaded after reset); ``steps``:
     steps completed since the last ``start``; ``cycles``: cycles spent in steps since reset;
-    ``step_cycles``: cycles of the last completed step (from its start to its last output
-    entering the output queue)."""
+    ``step_cycles``: cycles of the last completed step, from its start to its readout's last
+    entry written (its outputs stream out while the next step runs)."""
     def __init__(self):
         super().__init__({"busy": Out(1), "steps": Out(32), "cycles": Out(32), "step_cycles": Out(32)})
 
@@ -85,7 +85,8 @@ class DebugSignature(wiring.Signature):
 
 
 # Sequencer states.
-LOAD, IDLE, ACC_IN, ACC_REC, DRAIN, SWEEP, RO_ACC, RO_DRAIN, OUTPUT = range(9)
+STATE_NAMES = ("load", "idle", "acc_in", "acc_rec", "drain", "sweep", "ro_drain")
+LOAD, IDLE, ACC_IN, ACC_REC, DRAIN, SWEEP, RO_DRAIN = range(len(STATE_NAMES))
 
 
 class SharedCore(wiring.Component):
@@ -129,11 +130,14 @@ class SharedCore(wiring.Component):
 
     def _lane(self):
         lay, kind = self.layout, self.config.lane
+        # The readout's words are flip-flops: its rows accumulate while the last layer's sweep
+        # holds the block RAM's ports, and its outputs are read while the next step's rows run.
+        registers = lay.acc_depth - lay.readout_acc_base
         if kind == "fabric":
             return MacLane(depth=lay.acc_depth, acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits,
-                           value_bits=VALUE_BITS, max_align=lay.max_align)
+                           value_bits=VALUE_BITS, max_align=lay.max_align, registers=registers)
         return DSPMacLane(depth=lay.acc_depth, weight_bits=lay.formats.weight_bits, max_align=lay.max_align,
-                          dsp="model" if kind == "dsp_model" else "sb_mac16")
+                          dsp="model" if kind == "dsp_model" else "sb_mac16", registers=registers)
 
     def elaborate(self, platform):
         m = Module()
@@ -172,8 +176,8 @@ class SharedCore(wiring.Component):
         ro_bias_rd = ro_bias.read_port()
 
         # -- sequencer state -----------------------------------------------------------------------
-        state = Signal(range(9), init=LOAD)
-        self._state = state
+        state = Signal(range(len(STATE_NAMES)), init=LOAD)
+        self.sequencer_state = state        # for testbenches: cycles per state (STATE_NAMES)
         layer = Signal(range(max(2, L)))
         parity = Signal()
         fresh = Signal(init=1)
@@ -204,7 +208,9 @@ class SharedCore(wiring.Component):
         # -- src_: the event source, into the event queue ----------------------------------------------
         m.submodules.evq = evq = SyncFIFOBuffered(width=ev_layout.size, depth=4)
         m.d.comb += [dispatch.i.payload.eq(evq.r_data), dispatch.i.valid.eq(evq.r_rdy), evq.r_en.eq(dispatch.i.ready)]
-        SRC_NONE, SRC_STREAM, SRC_BUFFER = range(3)
+        # SRC_FOLLOW: the event buffer behind the update unit's write pointer (the readout's rows
+        # of the last layer's events, taken as the sweep writes them).
+        SRC_NONE, SRC_STREAM, SRC_BUFFER, SRC_FOLLOW = range(4)
         src_mode = Signal(2)
         src_left = Signal(range(max(lay.input_size, max(lay.hidden)) + 1))
         src_elem = Signal(range(lay.input_size + 1))
@@ -219,7 +225,10 @@ class SharedCore(wiring.Component):
         m.d.comb += room.eq(evq.level + s1_valid + s2_valid < 4)
         src_take = Signal()
         m.d.comb += self.i.ready.eq((src_mode == SRC_STREAM) & (src_left != 0) & room)
-        m.d.comb += src_take.eq((src_mode == SRC_BUFFER) & (src_left != 0) & room)
+        ev_ptr = Signal(range(lay.event_depth + 1))        # the update unit's next event address
+        src_follow = Signal()
+        m.d.comb += src_follow.eq((src_mode == SRC_FOLLOW) & (src_addr != ev_ptr))
+        m.d.comb += src_take.eq((((src_mode == SRC_BUFFER) & (src_left != 0)) | src_follow) & room)
         m.d.comb += [ev_rd.addr.eq(src_addr), ev_rd.en.eq(1)]
         # What a buffer read becomes, taken with the read (the next segment may already be set up
         # when its data arrives).
@@ -232,7 +241,9 @@ class SharedCore(wiring.Component):
             m.d.sync += [s2_valid.eq((self.i.payload != 0) | dense), s2_event.row.eq(lay.row_base[0] + src_elem),
                          s2_event.value.eq(self.i.payload), s2_event.kind.eq(KIND_INPUT), s2_event.layer.eq(0)]
         with m.If(src_take):
-            m.d.sync += [src_left.eq(src_left - 1), src_addr.eq(src_addr + 1), s1_valid.eq(1),
+            with m.If(src_mode == SRC_BUFFER):
+                m.d.sync += src_left.eq(src_left - 1)
+            m.d.sync += [src_addr.eq(src_addr + 1), s1_valid.eq(1),
                          s1_offset.eq(src_offset), s1_kind.eq(src_kind), s1_layer.eq(src_layer),
                          s1_zero.eq(src_zero)]
         ev_data = Signal(ev_word.struct_layout())
@@ -242,13 +253,14 @@ class SharedCore(wiring.Component):
                          s2_event.kind.eq(s1_kind), s2_event.layer.eq(s1_layer)]
         m.d.comb += [evq.w_data.eq(s2_event), evq.w_en.eq(s2_valid)]
         src_busy = Signal()
-        m.d.comb += src_busy.eq((src_left != 0) | s1_valid | s2_valid | (evq.level != 0) | evq.r_rdy)
+        m.d.comb += src_busy.eq((src_left != 0) | src_follow | s1_valid | s2_valid | (evq.level != 0) | evq.r_rdy)
 
-        def source_buffer(l, q, use, kind, count, zero=False):
-            """Statements that start the source on ``count`` events of layer ``l``, parity ``q``."""
-            return [src_mode.eq(SRC_BUFFER), src_left.eq(count), src_addr.eq(_event_base(l, q)),
-                    src_offset.eq(_row_offset(l, use)), src_kind.eq(kind), src_layer.eq(src_target_layer(l, use)),
-                    src_zero.eq(zero)]
+        def source_buffer(l, q, use, kind, count, zero=False, follow=False):
+            """Statements that start the source on ``count`` events of layer ``l``, parity ``q``
+            (``follow``: on the events the update unit writes, as it writes them)."""
+            return [src_mode.eq(SRC_FOLLOW if follow else SRC_BUFFER), src_left.eq(0 if follow else count),
+                    src_addr.eq(_event_base(l, q)), src_offset.eq(_row_offset(l, use)), src_kind.eq(kind),
+                    src_layer.eq(src_target_layer(l, use)), src_zero.eq(zero)]
 
         def _event_base(l, q):
             return Array(Const(lay.event_base(ll, qq)) for ll in range(L) for qq in range(2))[l * 2 + q]
@@ -261,7 +273,11 @@ class SharedCore(wiring.Component):
             return l + 1 if use == "input" else l
 
         # -- drain: wait for the dispatcher and the lanes ------------------------------------------------
+        # An entry on the lanes' inputs in cycle t is readable from t + lane_latency; the
+        # dispatcher is idle from t + 1, and drained() acts ``k`` idle cycles later. The sweep
+        # reads two cycles after that (state, then its first record), the outputs one.
         drain = Signal(range(lane_latency + 4))
+        sweep_drain, out_drain = max(0, lane_latency - 3), max(0, lane_latency - 2)
 
         # -- sw_: the sweep --------------------------------------------------------------------------
         sp = self.spacing
@@ -303,8 +319,9 @@ class SharedCore(wiring.Component):
         out_v = [Signal(name=f"out{c}_valid") for c in range(4)]    # read issued 0..3 cycles ago
         out_lanes = [Signal(range(max(2, P)), name=f"out{c}_lane") for c in range(3)]
         out_issue = Signal()
-        m.d.comb += out_issue.eq((state == OUTPUT) & (out_left != 0)
-                                 & (oq.level + out_v[1] + out_v[2] + out_v[3] < 3))
+        out_busy = Signal()         # outputs of a step still to read (they overlap the next step's rows)
+        m.d.comb += out_issue.eq((out_left != 0) & (oq.level + out_v[1] + out_v[2] + out_v[3] < 3))
+        m.d.comb += out_busy.eq((out_left != 0) | out_v[1] | out_v[2])
         m.d.sync += [out_v[1].eq(out_issue), out_v[2].eq(out_v[1]), out_v[3].eq(out_v[2]),
                      out_lanes[0].eq(out_lane), out_lanes[1].eq(out_lanes[0]), out_lanes[2].eq(out_lanes[1])]
         m.d.comb += out_v[0].eq(out_issue)
@@ -363,7 +380,6 @@ class SharedCore(wiring.Component):
                      unit.i_fresh.eq(rec_u.fresh)]
 
         # -- the unit's events into the event buffer ---------------------------------------------------
-        ev_ptr = Signal(range(lay.event_depth + 1))
         ev_count = Signal(range(max(lay.hidden) + 1))
         ev_in = Signal(ev_word.struct_layout())
         write_event = Signal()
@@ -400,14 +416,13 @@ class SharedCore(wiring.Component):
                 m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, counts[l][~parity])
                 m.d.sync += state.eq(ACC_REC)
 
-        def drained(then):
-            """``then`` once the dispatcher has been idle for the lanes' latency (their last
-            entries written)."""
+        def drained(k, then, ready=Const(1)):
+            """``then`` once the dispatcher has been idle for ``k`` cycles (and ``ready``)."""
             with m.If(~idle_dispatch):
                 m.d.sync += drain.eq(0)
-            with m.Elif(drain == lane_latency + 1):
+            with m.Elif((drain >= k) & ready):
                 m.d.sync += [drain.eq(0)] + then
-            with m.Else():
+            with m.Elif(drain < k):
                 m.d.sync += drain.eq(drain + 1)
 
         with m.Switch(state):
@@ -427,27 +442,29 @@ class SharedCore(wiring.Component):
                 with m.If(src_left == 0):
                     m.d.sync += [src_mode.eq(SRC_NONE), state.eq(DRAIN)]
             with m.Case(DRAIN):
-                drained([state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_space.eq(0),
-                         sw_lane.eq(0), sw_local.eq(0), sw_neuron.eq(neuron_base[layer]),
-                         sw_base.eq(layer_base[layer]), sw_outputs.eq(layer_H[layer]),
-                         ev_ptr.eq(_event_base(layer, parity)), ev_count.eq(0)])
+                # The step before's outputs are read through the lanes' sweep ports: they must be
+                # out before the sweep needs those ports.
+                sweep_start = [state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_space.eq(0),
+                               sw_lane.eq(0), sw_local.eq(0), sw_neuron.eq(neuron_base[layer]),
+                               sw_base.eq(layer_base[layer]), sw_outputs.eq(layer_H[layer]),
+                               ev_ptr.eq(_event_base(layer, parity)), ev_count.eq(0)]
+                with m.If(layer == last):
+                    # The readout's rows follow the last layer's events as the unit writes them.
+                    drained(sweep_drain, sweep_start + source_buffer(last, parity, "readout", KIND_READOUT, 0,
+                                                                     follow=True), ready=~out_busy)
+                with m.Else():
+                    drained(sweep_drain, sweep_start, ready=~out_busy)
             with m.Case(SWEEP):
                 with m.If((sw_left == 0) & (sw_outputs == 0)):
                     m.d.sync += counts[layer][parity].eq(ev_count)
                     with m.If(layer == last):
-                        m.d.sync += source_buffer(last, parity, "readout", KIND_READOUT, ev_count)
-                        m.d.sync += state.eq(RO_ACC)
+                        m.d.sync += state.eq(RO_DRAIN)
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), state.eq(ACC_IN)]
                         m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
-            with m.Case(RO_ACC):
-                with m.If(src_left == 0):
-                    m.d.sync += [src_mode.eq(SRC_NONE), state.eq(RO_DRAIN)]
             with m.Case(RO_DRAIN):
-                drained([state.eq(OUTPUT), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
-                         out_local.eq(0)])
-            with m.Case(OUTPUT):
-                with m.If((out_left == 0) & ~out_v[1] & ~out_v[2]):
-                    m.d.sync += [state.eq(IDLE), parity.eq(~parity), fresh.eq(0), steps.eq(steps + 1),
-                                 step_cycles.eq(this_step + 1)]
+                # The outputs stream while the next step runs; the step ends here.
+                drained(out_drain, [src_mode.eq(SRC_NONE), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
+                                    out_local.eq(0), state.eq(IDLE), parity.eq(~parity), fresh.eq(0),
+                                    steps.eq(steps + 1), step_cycles.eq(this_step + 1)])
         return m

@@ -31,6 +31,12 @@ accumulators   per lane: per layer ``4 ceil(H/P)`` words  acc (signed 32)
                ``ceil(O/P)`` readout words
 =============  =========================================  ========================================
 
+A lane's accumulator addresses (:class:`LaneAddressMap`): with one bank, the layers' words
+then the readout's, as above. With two banks (steps alternate between them, so that the
+next step's rows accumulate while this step's sweep reads), each bank holds the layers' words
+at a power-of-two stride, then come the readout's words. The layers' words are block RAM
+(one memory per bank), the readout's flip-flops.
+
 ``init_z = bias_x_z + bias_h_z``, ``init_r`` likewise, ``init_ag = bias_x_g``,
 ``init_hg = bias_h_g`` (the hardware needs only the sums). Accumulators are 32 bits wide
 in every build: a model whose accumulator bound does not fit 32 bits is refused here.
@@ -48,13 +54,34 @@ from .memory import GATE_BITS, Field, LayerLayout, LayoutError, Word
 from .model import QuantModel
 from .packer import _lane_entries
 
-__all__ = ["ACC_BITS", "ACC_KINDS", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
+__all__ = ["ACC_BITS", "ACC_KINDS", "LaneAddressMap", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
 
 #: Width of every accumulator (layers and readout) in every build.
 ACC_BITS = 32
 #: The accumulator words of a local neuron, in address order: ``ag`` takes the g gate of
 #: input rows, ``hg`` that of recurrent rows.
 ACC_KINDS = ("z", "r", "ag", "hg")
+
+
+@dataclass(frozen=True)
+class LaneAddressMap:
+    """Where a lane's accumulator words live: ``banks`` banks of the layers' words, each
+    ``bank_words`` long (a power of two with two banks, so that the bank is an address bit),
+    then ``registers`` readout words."""
+    banks: int
+    bank_words: int
+    registers: int
+
+    def bank_base(self, bank: int) -> int:
+        return bank * self.bank_words
+
+    @property
+    def register_base(self) -> int:
+        return self.banks * self.bank_words
+
+    @property
+    def depth(self) -> int:
+        return self.register_base + self.registers
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -133,6 +160,16 @@ class SharedRowLayout:
     @property
     def acc_depth(self) -> int:
         return max(2, self.readout_acc_base + self.readout_local)
+
+    def lane_address_map(self, banks: int = 1) -> LaneAddressMap:
+        """A lane's accumulator addresses with ``banks`` (1 or 2) banks of the layers' words."""
+        if banks not in (1, 2):
+            raise ValueError(f"banks must be 1 or 2, not {banks!r}")
+        words = self.readout_acc_base
+        if banks == 2:
+            words = 1 << max(1, (words - 1).bit_length())
+        registers = self.acc_depth - self.readout_acc_base
+        return LaneAddressMap(banks=banks, bank_words=words, registers=registers)
 
     def event_base(self, layer: int, parity: int) -> int:
         """First events word of ``layer``'s half for steps of ``parity``."""

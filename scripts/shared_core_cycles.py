@@ -53,6 +53,8 @@ def main(argv=None):
            "ratio_to_ideal": float(cycles.mean() / ideal.mean()),
            "dense_macs_per_step": int(trace.dense_macs.sum()),
            "effective_macs_per_step_mean": float(eff.mean()), "padding_entries": image.padding,
+           "state_cycles_per_step": {k: round(v / cycles.size, 1) for k, v in rec.state_cycles.items()
+                                     if k not in ("load", "idle")},
            "step_cycles": cycles.T.tolist(), "simulation_seconds": round(wall, 1)}
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from amaranth.sim import Simulator
 
-from egru_accel.hw.shared_core import SharedCore, SharedCoreConfig
+from egru_accel.hw.shared_core import STATE_NAMES, SharedCore, SharedCoreConfig
 from egru_accel.quantize import golden
 from egru_accel.quantize.model import QuantModel
 from egru_accel.quantize.shared_rows import SharedRowImage
@@ -24,10 +24,12 @@ __all__ = ["SharedCoreRecord", "run_shared_core", "compare_with_golden"]
 @dataclass
 class SharedCoreRecord:
     """What the core did: ``outputs[s]`` [T, O] per sequence; ``updates[s][t]``: (global neuron,
-    candidate, fire, y) in the order the unit produced them; ``step_cycles[s]`` [T]."""
+    candidate, fire, y) in the order the unit produced them; ``step_cycles[s]`` [T];
+    ``state_cycles``: cycles spent in each sequencer state (``STATE_NAMES``) over the run."""
     outputs: list = field(default_factory=list)
     updates: list = field(default_factory=list)
     step_cycles: list = field(default_factory=list)
+    state_cycles: dict = field(default_factory=dict)
 
 
 def _pauses(rng, probability):
@@ -74,9 +76,12 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
                 await ctx.tick().until(~dut.status.busy)
                 rec.step_cycles[-1].append(int(ctx.get(dut.status.step_cycles)))
 
+    state_counts = [0] * len(STATE_NAMES)
+
     async def monitor(ctx):
-        async for _, _, valid, neuron, cand, fire, y in ctx.tick().sample(
-                dut.dbg.valid, dut.dbg.neuron, dut.dbg.candidate, dut.dbg.fire, dut.dbg.y):
+        async for _, _, valid, neuron, cand, fire, y, state in ctx.tick().sample(
+                dut.dbg.valid, dut.dbg.neuron, dut.dbg.candidate, dut.dbg.fire, dut.dbg.y, dut.sequencer_state):
+            state_counts[int(state)] += 1
             if valid:
                 updates.append((int(neuron), int(cand), int(fire), int(y)))
 
@@ -105,6 +110,7 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
             sim.run()
     else:
         sim.run()
+    rec.state_cycles = dict(zip(STATE_NAMES, state_counts))
     per_step = image.layout.neurons
     rec.updates = [[updates[(s * T + t) * per_step:(s * T + t + 1) * per_step] for t in range(T)]
                    for s in range(S)]

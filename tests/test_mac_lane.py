@@ -84,11 +84,13 @@ def reference(acc, entries, bits):
     return acc
 
 
-@pytest.mark.parametrize("depth,weight_bits,max_align,idle", [(16, 8, 8, 0.0), (16, 8, 8, 0.3), (5, 4, 12, 0.1),
-                                                              (64, 8, 0, 0.0)])
-def test_mac_lane_equals_the_reference_through_hazards_and_sweeps(depth, weight_bits, max_align, idle):
+@pytest.mark.parametrize("depth,weight_bits,max_align,idle,registers", [
+    (16, 8, 8, 0.0, 0), (16, 8, 8, 0.3, 0), (5, 4, 12, 0.1, 0), (64, 8, 0, 0.0, 0), (16, 8, 8, 0.0, 4), (5, 4, 12, 0.1, 4),
+    (20, 8, 8, 0.2, 4)])
+def test_mac_lane_equals_the_reference_through_hazards_and_sweeps(depth, weight_bits, max_align, idle, registers):
     rng = np.random.default_rng(depth * 7 + weight_bits)
-    lane = MacLane(depth=depth, weight_bits=weight_bits, max_align=max_align)
+    banks = 2 if depth == 20 else 1          # 2 banks of 8 words and 4 registers
+    lane = MacLane(depth=depth, weight_bits=weight_bits, max_align=max_align, registers=registers, banks=banks)
     hot = rng.integers(depth, size=2)
     inits = [int(v) for v in rng.integers(-1000, 1000, depth)]
     first = random_entries(rng, 300, depth, lane, idle, hot)
@@ -118,3 +120,14 @@ def test_mac_lane_wraps_at_its_width():
 def test_mac_lane_arguments_are_checked(kwargs, error, message):
     with pytest.raises(error, match="^" + message.replace("+", r"\+").replace(".", r"\.") + "$"):
         MacLane(**kwargs)
+
+
+@pytest.mark.parametrize("depth,registers,banks", [(12, 2, 1), (8 + 3, 3, 2)])
+def test_word_kinds_overlap(depth, registers, banks):
+    # The DSP lane's schedules: entries on one kind of word (register, bank) while the sweep
+    # reads and writes another, every cycle.
+    from test_dsp_mac_lane import overlap_phases, overlapped_schedule, simulate_model
+    rng = np.random.default_rng(depth * 3 + registers + banks)
+    cycles, expected = overlapped_schedule(rng, depth, overlap_phases(depth, registers, banks))
+    trace = simulate_model(MacLane(depth=depth, weight_bits=8, max_align=4, registers=registers, banks=banks), cycles)
+    assert [trace[c] for c, _ in expected] == [v for _, v in expected]
