@@ -39,17 +39,19 @@ VALUE_BITS = 16
 
 
 def EventLayout(layout: SharedRowLayout) -> data.StructLayout:
-    """An event: ``row`` (of the row table), ``value`` (signed 16), ``kind`` (``KIND_*``) and
-    the ``layer`` whose accumulators its input and recurrent rows feed."""
+    """An event: ``row`` (of the row table), ``value`` (signed 16), ``kind`` (``KIND_*``), the
+    ``layer`` whose accumulators its input and recurrent rows feed, and their ``bank`` (with
+    two banks of accumulators)."""
     return data.StructLayout({"row": range(max(2, layout.rows)), "value": signed(VALUE_BITS),
-                              "kind": unsigned(2), "layer": range(max(2, layout.n_layers))})
+                              "kind": unsigned(2), "layer": range(max(2, layout.n_layers)), "bank": 1})
 
 
 class LaneEntrySignature(wiring.Signature):
-    """One entry for one lane: ``acc[addr] += (weight << align) * value``."""
-    def __init__(self, layout: SharedRowLayout):
+    """One entry for one lane: ``acc[addr] += (weight << align) * value`` (``addr`` in the
+    lane's :class:`~egru_accel.quantize.shared_rows.LaneAddressMap` with ``banks``)."""
+    def __init__(self, layout: SharedRowLayout, banks: int = 1):
         super().__init__({
-            "valid": Out(1), "addr": Out(range(layout.acc_depth)),
+            "valid": Out(1), "addr": Out(range(layout.lane_address_map(banks).depth)),
             "weight": Out(signed(layout.formats.weight_bits)), "value": Out(signed(VALUE_BITS)),
             "align": Out(range(layout.max_align + 1)),
         })
@@ -60,9 +62,10 @@ class EventDispatcher(wiring.Component):
     is inside. ``image`` initialises the row table and the weight memories.
 
     ``queue_depth``: entries of the row queue (its room decides how far row reads run ahead).
+    ``banks``: the lanes' accumulator banks (an event's ``bank`` picks one).
     """
 
-    def __init__(self, *, image: SharedRowImage, queue_depth: int = 4):
+    def __init__(self, *, image: SharedRowImage, queue_depth: int = 4, banks: int = 1):
         with checked_construction(self):
             if not isinstance(image, SharedRowImage):
                 raise TypeError(f"image must be a SharedRowImage, not {type(image).__name__}")
@@ -71,9 +74,10 @@ class EventDispatcher(wiring.Component):
         self.image = image
         self.layout = lay = image.layout
         self.queue_depth = queue_depth
+        self.address_map = lay.lane_address_map(banks)
         super().__init__({
             "i": In(stream.Signature(EventLayout(lay))),
-            "lanes": Out(LaneEntrySignature(lay)).array(lay.lanes),
+            "lanes": Out(LaneEntrySignature(lay, banks)).array(lay.lanes),
             "busy": Out(1),
         })
 
@@ -97,7 +101,7 @@ class EventDispatcher(wiring.Component):
         rec = data.StructLayout({"start": unsigned(row_word.field("start").width),
                                  "length": unsigned(row_word.field("length").width),
                                  "value": signed(VALUE_BITS), "kind": unsigned(2),
-                                 "layer": range(max(2, lay.n_layers))})
+                                 "layer": range(max(2, lay.n_layers)), "bank": 1})
         m.submodules.queue = queue = SyncFIFOBuffered(width=rec.size, depth=self.queue_depth)
         r1_valid, r2_valid = Signal(), Signal()
         r1_event, r2_event = Signal(ev_layout), Signal(ev_layout)
@@ -109,7 +113,7 @@ class EventDispatcher(wiring.Component):
                      r2_valid.eq(r1_valid), r2_event.eq(r1_event), r2_row.eq(rows_rd.data)]
         q_in = Signal(rec)
         m.d.comb += [q_in.start.eq(r2_row.start), q_in.length.eq(r2_row.length), q_in.value.eq(r2_event.value),
-                     q_in.kind.eq(r2_event.kind), q_in.layer.eq(r2_event.layer),
+                     q_in.kind.eq(r2_event.kind), q_in.layer.eq(r2_event.layer), q_in.bank.eq(r2_event.bank),
                      queue.w_data.eq(q_in), queue.w_en.eq(r2_valid & (r2_row.length != 0))]
 
         # -- w_: walk the head row's entries -----------------------------------------------------
@@ -137,7 +141,8 @@ class EventDispatcher(wiring.Component):
         m.d.sync += [e1_valid.eq(w_active), e1_row.eq(w_row), e2_valid.eq(e1_valid), e2_row.eq(e1_row)]
         m.d.sync += [w.eq(rd.data) for w, rd in zip(e2_words, weights)]
         # Per row: the accumulator region, and the alignment of each gate (constants per layer/kind).
-        base = Signal(range(lay.acc_depth))
+        amap = self.address_map
+        base = Signal(range(amap.depth))
         aligns = [Signal(range(lay.max_align + 1), name=f"e2_align{k}") for k in range(3)]
         readout = Signal()
         m.d.comb += readout.eq(e2_row.kind == KIND_READOUT)
@@ -147,12 +152,16 @@ class EventDispatcher(wiring.Component):
                     with m.Case(kind | (l << 2)):
                         m.d.comb += [base.eq(lay.acc_base[l])] + [a.eq(v) for a, v in zip(aligns, al)]
             with m.Default():
-                m.d.comb += [base.eq(lay.readout_acc_base)] + [a.eq(0) for a in aligns]
+                m.d.comb += [base.eq(amap.register_base)] + [a.eq(0) for a in aligns]
         for p, (port, word) in enumerate(zip(self.lanes, e2_words)):
             # z and r words at 0 and 1; g at 2 (ag) from input rows, 3 (hg) from recurrent rows.
             acc_kind = Mux(word.gate == GATE_G, Mux(e2_row.kind == KIND_RECURRENT, 3, 2), word.gate)
+            layer_addr = base + Cat(acc_kind[:2], word.target)
+            if amap.banks == 2:
+                # The bank is the address bit above a bank's words (a power of two).
+                layer_addr = Cat(layer_addr[:(amap.bank_words - 1).bit_length()], e2_row.bank)
             m.d.comb += [port.valid.eq(e2_valid),
-                         port.addr.eq(base + Mux(readout, word.target, Cat(acc_kind[:2], word.target))),
+                         port.addr.eq(Mux(readout, base + word.target, layer_addr)),
                          port.weight.eq(word.value), port.value.eq(e2_row.value),
                          port.align.eq(Mux(word.gate == 0, aligns[0], Mux(word.gate == 1, aligns[1], aligns[2])))]
 

@@ -51,13 +51,20 @@ class SharedCoreConfig:
     Args:
         lane: One of :data:`LANE_KINDS`.
         multipliers: The update unit's (:data:`~hw.update_unit.MULTIPLIERS`).
+        banks: 1: a layer's recurrent rows run after its input rows, in one accumulator bank.
+            2: steps alternate between two banks of accumulators (two block RAMs per lane), and
+            a layer's recurrent rows for the next step follow its sweep, event by event, into
+            the other bank, while this step's sweep reads its own.
         debug: Add the ``dbg`` port (every neuron update, for testbenches).
     """
     lane: str = "fabric"
     multipliers: str = "dsp"
+    banks: int = 1
     debug: bool = False
 
     def __post_init__(self):
+        if self.banks not in (1, 2) or isinstance(self.banks, bool):
+            raise ValueError(f"banks must be 1 or 2, not {self.banks!r}")
         if self.lane not in LANE_KINDS:
             raise ValueError(f"lane must be one of {', '.join(LANE_KINDS)}, not {self.lane!r}")
         if self.multipliers not in MULTIPLIERS:
@@ -132,12 +139,13 @@ class SharedCore(wiring.Component):
         lay, kind = self.layout, self.config.lane
         # The readout's words are flip-flops: its rows accumulate while the last layer's sweep
         # holds the block RAM's ports, and its outputs are read while the next step's rows run.
-        registers = lay.acc_depth - lay.readout_acc_base
+        amap = lay.lane_address_map(self.config.banks)
+        words = dict(depth=amap.depth, registers=amap.registers, banks=amap.banks)
         if kind == "fabric":
-            return MacLane(depth=lay.acc_depth, acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits,
-                           value_bits=VALUE_BITS, max_align=lay.max_align, registers=registers)
-        return DSPMacLane(depth=lay.acc_depth, weight_bits=lay.formats.weight_bits, max_align=lay.max_align,
-                          dsp="model" if kind == "dsp_model" else "sb_mac16", registers=registers)
+            return MacLane(acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits, value_bits=VALUE_BITS,
+                           max_align=lay.max_align, **words)
+        return DSPMacLane(weight_bits=lay.formats.weight_bits, max_align=lay.max_align,
+                          dsp="model" if kind == "dsp_model" else "sb_mac16", **words)
 
     def elaborate(self, platform):
         m = Module()
@@ -146,7 +154,8 @@ class SharedCore(wiring.Component):
         ev_layout = EventLayout(lay)
         ev_word = lay.event_word
 
-        m.submodules.dispatch = dispatch = EventDispatcher(image=img)
+        amap = lay.lane_address_map(self.config.banks)
+        m.submodules.dispatch = dispatch = EventDispatcher(image=img, banks=self.config.banks)
         lanes = []
         for p in range(P):
             lane = self._lane()
@@ -215,11 +224,16 @@ class SharedCore(wiring.Component):
         src_left = Signal(range(max(lay.input_size, max(lay.hidden)) + 1))
         src_elem = Signal(range(lay.input_size + 1))
         src_addr = Signal(range(lay.event_depth))
-        src_offset = Signal(signed(max(lay.rows, lay.neurons).bit_length() + 2))
-        src_kind = Signal(2)
-        src_layer = Signal.like(layer)
-        src_zero = Signal()          # dense baseline, first step: the step before's events count as 0
+        # What a buffered event becomes: its row (neuron + offset), kind, target layer and bank;
+        # ``zero``: its value counts as 0 (dense baseline, first step). With ``src_pair`` every
+        # event makes two, the rows of src_a then those of src_b.
+        desc = data.StructLayout({"offset": signed(max(lay.rows, lay.neurons).bit_length() + 2), "kind": 2,
+                                  "layer": range(max(2, L)), "zero": 1, "bank": 1})
+        src_a, src_b = Signal(desc, name="src_a"), Signal(desc, name="src_b")
+        src_pair, src_phase = Signal(), Signal()
+        bank = Signal()              # the accumulator bank of this step (banks=2)
         s1_valid, s2_valid = Signal(), Signal()
+        s1_desc = Signal(desc)
         s2_event = Signal(ev_layout)
         room = Signal()
         m.d.comb += room.eq(evq.level + s1_valid + s2_valid < 4)
@@ -230,44 +244,55 @@ class SharedCore(wiring.Component):
         m.d.comb += src_follow.eq((src_mode == SRC_FOLLOW) & (src_addr != ev_ptr))
         m.d.comb += src_take.eq((((src_mode == SRC_BUFFER) & (src_left != 0)) | src_follow) & room)
         m.d.comb += [ev_rd.addr.eq(src_addr), ev_rd.en.eq(1)]
-        # What a buffer read becomes, taken with the read (the next segment may already be set up
-        # when its data arrives).
-        s1_offset, s1_kind, s1_layer, s1_zero = (Signal.like(x, name=f"s1_{x.name[4:]}")
-                                                 for x in (src_offset, src_kind, src_layer, src_zero))
         m.d.sync += [s1_valid.eq(0), s2_valid.eq(s1_valid)]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [src_left.eq(src_left - 1), src_elem.eq(src_elem + 1)]
             # A zero input fetches no row (except in the dense baseline).
             m.d.sync += [s2_valid.eq((self.i.payload != 0) | dense), s2_event.row.eq(lay.row_base[0] + src_elem),
-                         s2_event.value.eq(self.i.payload), s2_event.kind.eq(KIND_INPUT), s2_event.layer.eq(0)]
+                         s2_event.value.eq(self.i.payload), s2_event.kind.eq(KIND_INPUT), s2_event.layer.eq(0),
+                         s2_event.bank.eq(bank)]
         with m.If(src_take):
-            with m.If(src_mode == SRC_BUFFER):
-                m.d.sync += src_left.eq(src_left - 1)
-            m.d.sync += [src_addr.eq(src_addr + 1), s1_valid.eq(1),
-                         s1_offset.eq(src_offset), s1_kind.eq(src_kind), s1_layer.eq(src_layer),
-                         s1_zero.eq(src_zero)]
+            with m.If(src_pair & ~src_phase):
+                m.d.sync += src_phase.eq(1)                  # the same event again, for src_b
+            with m.Else():
+                m.d.sync += [src_phase.eq(0), src_addr.eq(src_addr + 1)]
+                with m.If(src_mode == SRC_BUFFER):
+                    m.d.sync += src_left.eq(src_left - 1)
+            # Taken with the read: the next segment may already be set up when its data arrives.
+            m.d.sync += [s1_valid.eq(1), s1_desc.eq(Mux(src_pair & src_phase, src_b.as_value(), src_a.as_value()))]
         ev_data = Signal(ev_word.struct_layout())
         m.d.comb += ev_data.eq(ev_rd.data)
         with m.If(s1_valid):
-            m.d.sync += [s2_event.row.eq(ev_data.neuron + s1_offset), s2_event.value.eq(Mux(s1_zero, 0, ev_data.value)),
-                         s2_event.kind.eq(s1_kind), s2_event.layer.eq(s1_layer)]
+            m.d.sync += [s2_event.row.eq(ev_data.neuron + s1_desc.offset),
+                         s2_event.value.eq(Mux(s1_desc.zero, 0, ev_data.value)),
+                         s2_event.kind.eq(s1_desc.kind), s2_event.layer.eq(s1_desc.layer),
+                         s2_event.bank.eq(s1_desc.bank)]
         m.d.comb += [evq.w_data.eq(s2_event), evq.w_en.eq(s2_valid)]
         src_busy = Signal()
         m.d.comb += src_busy.eq((src_left != 0) | src_follow | s1_valid | s2_valid | (evq.level != 0) | evq.r_rdy)
 
-        def source_buffer(l, q, use, kind, count, zero=False, follow=False):
+        def describe(d, l, use, kind, zero, to_bank):
+            return [d.offset.eq(_row_offset(l, use)), d.kind.eq(kind), d.layer.eq(src_target_layer(l, use)),
+                    d.zero.eq(zero), d.bank.eq(to_bank)]
+
+        def source_buffer(l, q, use, kind, count, zero=False, follow=False, then=None, to_bank=None):
             """Statements that start the source on ``count`` events of layer ``l``, parity ``q``
-            (``follow``: on the events the update unit writes, as it writes them)."""
-            return [src_mode.eq(SRC_FOLLOW if follow else SRC_BUFFER), src_left.eq(0 if follow else count),
-                    src_addr.eq(_event_base(l, q)), src_offset.eq(_row_offset(l, use)), src_kind.eq(kind),
-                    src_layer.eq(src_target_layer(l, use)), src_zero.eq(zero)]
+            (``follow``: on the events the update unit writes, as it writes them), into
+            ``to_bank`` (this step's bank by default); ``then`` = (use, kind): each event also
+            fetches that row, into the other bank."""
+            stmts = [src_mode.eq(SRC_FOLLOW if follow else SRC_BUFFER), src_left.eq(0 if follow else count),
+                     src_addr.eq(_event_base(l, q)), src_phase.eq(0), src_pair.eq(then is not None)]
+            stmts += describe(src_a, l, use, kind, zero, bank if to_bank is None else to_bank)
+            if then is not None:
+                stmts += describe(src_b, l, then[0], then[1], 0, ~bank)
+            return stmts
 
         def _event_base(l, q):
             return Array(Const(lay.event_base(ll, qq)) for ll in range(L) for qq in range(2))[l * 2 + q]
 
         def _row_offset(l, use):
             vals = [lay.row_offset(ll, use) if (use != "input" or ll + 1 < L) else 0 for ll in range(L)]
-            return Array(Const(v, signed(len(src_offset))) for v in vals)[l]
+            return Array(Const(v, desc["offset"].shape) for v in vals)[l]
 
         def src_target_layer(l, use):
             return l + 1 if use == "input" else l
@@ -286,7 +311,7 @@ class SharedCore(wiring.Component):
         sw_lane = Signal(range(max(2, P)))
         sw_local = Signal(range(max(2, max(lay.n_local))))
         sw_neuron = Signal(range(max(2, lay.neurons)))
-        sw_base = Signal(range(lay.acc_depth))
+        sw_base = Signal(range(amap.depth))
         sw_issue = Signal()
         sw_outputs = Signal(range(max(lay.hidden) + 1))   # unit outputs still to come
         m.d.comb += sw_issue.eq((state == SWEEP) & (sw_left != 0) & (sw_space == 0))
@@ -300,11 +325,12 @@ class SharedCore(wiring.Component):
                 with m.Else():
                     m.d.sync += sw_lane.eq(sw_lane + 1)
         # The neuron record, shifted: stage k reads gate k.
-        record = data.StructLayout({"valid": 1, "lane": range(max(2, P)), "addr": range(lay.acc_depth),
+        record = data.StructLayout({"valid": 1, "lane": range(max(2, P)), "addr": range(amap.depth),
                                     "neuron": range(max(2, lay.neurons)), "layer": range(max(2, L)), "fresh": 1})
         stages = [Signal(record, name=f"sw{k}_record") for k in range(4)]
         m.d.sync += [stages[0].valid.eq(sw_issue), stages[0].lane.eq(sw_lane),
-                     stages[0].addr.eq(sw_base + (sw_local << 2)), stages[0].neuron.eq(sw_neuron),
+                     stages[0].addr.eq(sw_base + (sw_local << 2) + Mux(bank, amap.bank_base(1), 0)),
+                     stages[0].neuron.eq(sw_neuron),
                      stages[0].layer.eq(layer), stages[0].fresh.eq(fresh)]
         for k in range(1, 4):
             m.d.sync += stages[k].eq(stages[k - 1])
@@ -341,12 +367,22 @@ class SharedCore(wiring.Component):
         m.d.comb += [oq.w_en.eq(out_v[2]), oq.w_data.eq(out_sum)]
         # bias: read with the issue (cycle 0), data in 1, registered in 2 = the lane's data.
 
-        # -- lane read ports: the sweep's four gate reads, or an output read; each read clears -----------
+        # -- clr_: with two banks, a new sequence clears the bank its first step's recurrent rows
+        # go to (the last step before left its rows there), while that step's inputs run ---------
+        clr_left = Signal(range(amap.bank_words + 1))
+        clr_addr = Signal(range(amap.depth))
+        clr_active = Signal()
+        m.d.comb += clr_active.eq((clr_left != 0) & ~out_busy)
+        with m.If(clr_active):
+            m.d.sync += [clr_left.eq(clr_left - 1), clr_addr.eq(clr_addr + 1)]
+
+        # -- lane read ports: the sweep's four gate reads, an output read or a clear; each read clears -----
         for p, lane in enumerate(lanes):
             en = Signal(name=f"lane{p}_sweep_en")
-            addr = Signal(range(lay.acc_depth), name=f"lane{p}_sweep_addr")
+            addr = Signal(range(amap.depth), name=f"lane{p}_sweep_addr")
             hits = [(st.valid & (st.lane == p), st.addr + k) for k, st in enumerate(stages)]
-            hits.append((out_issue & (out_lane == p), lay.readout_acc_base + out_local))
+            hits.append((out_issue & (out_lane == p), amap.register_base + out_local))
+            hits.append((clr_active, clr_addr))
             m.d.comb += en.eq(0)
             for hit, a in hits:
                 with m.If(hit):
@@ -405,12 +441,16 @@ class SharedCore(wiring.Component):
 
         def start_recurrent_or_drain(l):
             # The layer's own events of the step before; in the dense baseline every neuron, with
-            # value 0 on the first step of a sequence.
+            # value 0 on the first step of a sequence. With two banks they ran during the step
+            # before's sweep, except the dense baseline's zeros.
             if dense:
-                m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, layer_H[l], zero=fresh)
-                m.d.sync += state.eq(ACC_REC)
+                with m.If(fresh | (banks == 1)):
+                    m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, layer_H[l], zero=fresh)
+                    m.d.sync += state.eq(ACC_REC)
+                with m.Else():
+                    m.d.sync += state.eq(DRAIN)
                 return
-            with m.If(fresh):
+            with m.If(fresh | (banks == 2)):
                 m.d.sync += state.eq(DRAIN)
             with m.Else():
                 m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, counts[l][~parity])
@@ -425,12 +465,18 @@ class SharedCore(wiring.Component):
             with m.Elif(drain < k):
                 m.d.sync += drain.eq(drain + 1)
 
+        banks = self.config.banks
         with m.Switch(state):
             with m.Case(IDLE):
                 with m.If(self.start):
                     m.d.sync += [fresh.eq(1), steps.eq(0)]
                     for l in range(L):
                         m.d.sync += [counts[l][0].eq(0), counts[l][1].eq(0)]
+                    if banks == 2:
+                        # This step's bank holds the last step's recurrent rows: take the other,
+                        # which its sweep cleared, and clear this one.
+                        m.d.sync += [bank.eq(~bank), clr_left.eq(lay.readout_acc_base),
+                                     clr_addr.eq(Mux(bank, amap.bank_base(1), 0))]
                 with m.Elif(self.i.valid):
                     m.d.sync += [state.eq(ACC_IN), layer.eq(0), this_step.eq(0),
                                  src_mode.eq(SRC_STREAM), src_left.eq(lay.input_size), src_elem.eq(0)]
@@ -443,28 +489,38 @@ class SharedCore(wiring.Component):
                     m.d.sync += [src_mode.eq(SRC_NONE), state.eq(DRAIN)]
             with m.Case(DRAIN):
                 # The step before's outputs are read through the lanes' sweep ports: they must be
-                # out before the sweep needs those ports.
+                # out before the sweep needs those ports (and so must a clear).
                 sweep_start = [state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_space.eq(0),
                                sw_lane.eq(0), sw_local.eq(0), sw_neuron.eq(neuron_base[layer]),
                                sw_base.eq(layer_base[layer]), sw_outputs.eq(layer_H[layer]),
                                ev_ptr.eq(_event_base(layer, parity)), ev_count.eq(0)]
+                ready = ~out_busy & (clr_left == 0)
+                # The layer's events, as the unit writes them, fetch the rows that do not touch
+                # the bank the sweep reads: the readout's (flip-flop words) after the last layer,
+                # and with two banks the layer's recurrent rows for the next step (other bank).
+                then = ("recurrent", KIND_RECURRENT) if banks == 2 else None
                 with m.If(layer == last):
-                    # The readout's rows follow the last layer's events as the unit writes them.
                     drained(sweep_drain, sweep_start + source_buffer(last, parity, "readout", KIND_READOUT, 0,
-                                                                     follow=True), ready=~out_busy)
+                                                                     follow=True, then=then), ready=ready)
                 with m.Else():
-                    drained(sweep_drain, sweep_start, ready=~out_busy)
+                    if banks == 2:
+                        drained(sweep_drain, sweep_start + source_buffer(layer, parity, "recurrent", KIND_RECURRENT,
+                                                                         0, follow=True, to_bank=~bank), ready=ready)
+                    else:
+                        drained(sweep_drain, sweep_start, ready=ready)
             with m.Case(SWEEP):
                 with m.If((sw_left == 0) & (sw_outputs == 0)):
                     m.d.sync += counts[layer][parity].eq(ev_count)
                     with m.If(layer == last):
                         m.d.sync += state.eq(RO_DRAIN)
-                    with m.Else():
+                    with m.Elif(~src_follow):
+                        # The next layer's input rows read this bank: they wait for the sweep.
                         m.d.sync += [layer.eq(layer + 1), state.eq(ACC_IN)]
                         m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
             with m.Case(RO_DRAIN):
                 # The outputs stream while the next step runs; the step ends here.
                 drained(out_drain, [src_mode.eq(SRC_NONE), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
                                     out_local.eq(0), state.eq(IDLE), parity.eq(~parity), fresh.eq(0),
-                                    steps.eq(steps + 1), step_cycles.eq(this_step + 1)])
+                                    steps.eq(steps + 1), step_cycles.eq(this_step + 1)]
+                        + ([bank.eq(~bank)] if banks == 2 else []))
         return m
