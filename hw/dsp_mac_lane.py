@@ -31,7 +31,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
-from .mac_lane import RegisterAccumulators, check_lane_arguments
+from .mac_lane import RegisterAccumulators, check_lane_arguments, register_ports, take_registers
 
 __all__ = ["DSPMacLane", "DSP_KINDS"]
 
@@ -69,6 +69,7 @@ class DSPMacLane(wiring.Component):
             "i_value": In(signed(16)), "i_align": In(range(max_align + 1)),
             "sweep_rd_en": In(1), "sweep_rd_addr": In(addr), "sweep_rd_data": Out(signed(32)),
             "sweep_wr_en": In(1), "sweep_wr_addr": In(addr), "sweep_wr_data": In(signed(32)),
+            **register_ports(registers, 32),
         })
 
     def _dsp(self, m, a, b, cd, o):
@@ -130,6 +131,7 @@ class DSPMacLane(wiring.Component):
         m.d.sync += a3_prev.eq(o)
         m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, entry_data)))
 
+        take_registers(regs, self)
         regs.write(a3_valid, a3_addr, o, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data)
         # The sweep reads two cycles after its address: one for the block RAM, one register.
         m.d.comb += self.sweep_rd_data.eq(regs.sweep_data)

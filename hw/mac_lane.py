@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
 
-__all__ = ["MacLane", "RegisterAccumulators", "check_lane_arguments"]
+__all__ = ["MacLane", "RegisterAccumulators", "check_lane_arguments", "register_ports"]
 
 
 def _positive(name, value, low=1):
@@ -57,6 +57,21 @@ def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, op
         raise ValueError(f"two banks need depth - registers to be twice a power of two (at least 4), not {ram}")
     if weight_bits + max_align > operand_bits:
         raise ValueError(f"weight_bits + max_align must fit {operand}, not {weight_bits} + {max_align}")
+
+
+def register_ports(registers: int, acc_bits: int) -> dict:
+    """A lane's port for taking its register words (``take_en``, ``take_index``; the word on
+    ``take_data`` two cycles later, and cleared): the readout's outputs leave through it while
+    the sweep uses the sweep port."""
+    if not registers:
+        return {}
+    return {"take_en": In(1), "take_index": In(range(max(2, registers))), "take_data": Out(signed(acc_bits))}
+
+
+def take_registers(regs: "RegisterAccumulators", lane) -> None:
+    if regs.words:
+        regs.take(lane.take_en, lane.take_index)
+        regs.m.d.comb += lane.take_data.eq(regs.take_data)
 
 
 class RegisterAccumulators:
@@ -93,6 +108,8 @@ class RegisterAccumulators:
             self.wrs.append(mem.write_port())
         self.words = [Signal(shape, name=f"reg_acc{j}") for j in range(registers)]
         self.sweep_data = Signal(shape)
+        self.take_data = Signal(shape)
+        self._take = None
 
     def _hits(self, addr):
         return [addr == self.base + j for j in range(len(self.words))]
@@ -146,9 +163,20 @@ class RegisterAccumulators:
         m.d.comb += entry_data.eq(Mux(e_is_reg, e_reg, e_ram))
         return entry_data
 
+    def take(self, en, index):
+        """Read register word ``index`` and clear it (``take_data`` two cycles later), through
+        a port of its own: the sweep's and the entries' ports stay free."""
+        m = self.m
+        data1 = Signal(self.shape)
+        out = Const(0, self.shape)
+        for j, word in enumerate(self.words):
+            out = Mux(index == j, word, out)
+        m.d.sync += [data1.eq(out), self.take_data.eq(data1)]
+        self._take = (en, index)
+
     def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data):
-        """This cycle's writes: an entry's sum and a sweep word; on one memory or one register
-        the entry wins (the caller keeps them apart)."""
+        """This cycle's writes: an entry's sum and a sweep word (and a take's clear); on one
+        memory or one register the entry wins, then the sweep (the caller keeps them apart)."""
         m = self.m
         for b, wr in enumerate(self.wrs):
             entry_here = self._in_bank(entry_en, entry_addr, b)
@@ -156,11 +184,14 @@ class RegisterAccumulators:
             m.d.comb += [wr.en.eq(entry_here | sweep_here),
                          wr.addr.eq(Mux(entry_here, self._low(entry_addr), self._low(sweep_addr))),
                          wr.data.eq(Mux(entry_here, entry_data, sweep_data))]
-        for hit_e, hit_s, word in zip(self._hits(entry_addr), self._hits(sweep_addr), self.words):
+        for j, (hit_e, hit_s, word) in enumerate(zip(self._hits(entry_addr), self._hits(sweep_addr), self.words)):
             with m.If(entry_en & hit_e):
                 m.d.sync += word.eq(entry_data)
             with m.Elif(sweep_en & hit_s):
                 m.d.sync += word.eq(sweep_data)
+            if self._take is not None:
+                with m.Elif(self._take[0] & (self._take[1] == j)):
+                    m.d.sync += word.eq(0)
 
 
 class MacLane(wiring.Component):
@@ -194,6 +225,7 @@ class MacLane(wiring.Component):
             "i_value": In(signed(value_bits)), "i_align": In(range(max_align + 1)),
             "sweep_rd_en": In(1), "sweep_rd_addr": In(addr), "sweep_rd_data": Out(signed(acc_bits)),
             "sweep_wr_en": In(1), "sweep_wr_addr": In(addr), "sweep_wr_data": In(signed(acc_bits)),
+            **register_ports(registers, acc_bits),
         })
 
     def elaborate(self, platform):
@@ -237,6 +269,7 @@ class MacLane(wiring.Component):
         m.d.comb += [write_en.eq(a2_valid | self.sweep_wr_en),
                      write_addr.eq(Mux(a2_valid, a2_addr, self.sweep_wr_addr))]
         write_data = Mux(a2_valid, total, self.sweep_wr_data)
+        take_registers(regs, self)
         regs.write(a2_valid, a2_addr, total, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data)
         # Forwarding counts one write per cycle, the entry's before the sweep's.
         m.d.sync += [w1_en.eq(write_en), w1_addr.eq(write_addr), w1_data.eq(write_data), w2_data.eq(w1_data)]

@@ -219,7 +219,7 @@ class SharedCore(wiring.Component):
         m.d.comb += [dispatch.i.payload.eq(evq.r_data), dispatch.i.valid.eq(evq.r_rdy), evq.r_en.eq(dispatch.i.ready)]
         # SRC_FOLLOW: the event buffer behind the update unit's write pointer (the readout's rows
         # of the last layer's events, taken as the sweep writes them).
-        SRC_NONE, SRC_STREAM, SRC_BUFFER, SRC_FOLLOW = range(4)
+        SRC_NONE, SRC_BUFFER, SRC_FOLLOW = range(3)
         src_mode = Signal(2)
         src_left = Signal(range(max(lay.input_size, max(lay.hidden)) + 1))
         src_elem = Signal(range(lay.input_size + 1))
@@ -238,19 +238,33 @@ class SharedCore(wiring.Component):
         room = Signal()
         m.d.comb += room.eq(evq.level + s1_valid + s2_valid < 4)
         src_take = Signal()
-        m.d.comb += self.i.ready.eq((src_mode == SRC_STREAM) & (src_left != 0) & room)
+        # -- in_: the layer-0 inputs of a step, from ``i``. With two banks the next step's may
+        # come during the last layer's sweep (they go to the other bank): ``in_ahead``.
+        in_left = Signal(range(lay.input_size + 1))
+        in_have = Signal()           # a step's inputs all taken, its sequencer not yet past them
+        in_ahead = Signal()
+        in_room = Signal()
+        # Room for a beat besides a buffer read that may enter in the same cycle; none while a
+        # buffer read's data takes s2.
+        m.d.comb += in_room.eq((evq.level + s1_valid + s2_valid + src_take < 4) & ~s1_valid)
+        m.d.comb += self.i.ready.eq((in_left != 0) & in_room)
         ev_ptr = Signal(range(lay.event_depth + 1))        # the update unit's next event address
+        out_busy = Signal()         # outputs of a step still to read (they overlap the next step)
         src_follow = Signal()
-        m.d.comb += src_follow.eq((src_mode == SRC_FOLLOW) & (src_addr != ev_ptr))
+        # The readout's rows wait while the step before's outputs leave the words they add to.
+        m.d.comb += src_follow.eq((src_mode == SRC_FOLLOW) & (src_addr != ev_ptr)
+                                  & ~((src_a.kind == KIND_READOUT) & out_busy))
         m.d.comb += src_take.eq((((src_mode == SRC_BUFFER) & (src_left != 0)) | src_follow) & room)
         m.d.comb += [ev_rd.addr.eq(src_addr), ev_rd.en.eq(1)]
         m.d.sync += [s1_valid.eq(0), s2_valid.eq(s1_valid)]
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [src_left.eq(src_left - 1), src_elem.eq(src_elem + 1)]
+            m.d.sync += [in_left.eq(in_left - 1), src_elem.eq(src_elem + 1)]
+            with m.If(in_left == 1):
+                m.d.sync += in_have.eq(1)
             # A zero input fetches no row (except in the dense baseline).
             m.d.sync += [s2_valid.eq((self.i.payload != 0) | dense), s2_event.row.eq(lay.row_base[0] + src_elem),
                          s2_event.value.eq(self.i.payload), s2_event.kind.eq(KIND_INPUT), s2_event.layer.eq(0),
-                         s2_event.bank.eq(bank)]
+                         s2_event.bank.eq(bank ^ in_ahead)]
         with m.If(src_take):
             with m.If(src_pair & ~src_phase):
                 m.d.sync += src_phase.eq(1)                  # the same event again, for src_b
@@ -345,7 +359,6 @@ class SharedCore(wiring.Component):
         out_v = [Signal(name=f"out{c}_valid") for c in range(4)]    # read issued 0..3 cycles ago
         out_lanes = [Signal(range(max(2, P)), name=f"out{c}_lane") for c in range(3)]
         out_issue = Signal()
-        out_busy = Signal()         # outputs of a step still to read (they overlap the next step's rows)
         m.d.comb += out_issue.eq((out_left != 0) & (oq.level + out_v[1] + out_v[2] + out_v[3] < 3))
         m.d.comb += out_busy.eq((out_left != 0) | out_v[1] | out_v[2])
         m.d.sync += [out_v[1].eq(out_issue), out_v[2].eq(out_v[1]), out_v[3].eq(out_v[2]),
@@ -362,7 +375,7 @@ class SharedCore(wiring.Component):
         m.d.sync += out_bias.eq(ro_bias_rd.data)
         out_sum = Signal(signed(ACC_BITS))
         out_acc = Signal(signed(ACC_BITS))
-        m.d.comb += out_acc.eq(Array(lane.sweep_rd_data for lane in lanes)[out_lanes[1]])
+        m.d.comb += out_acc.eq(Array(lane.take_data for lane in lanes)[out_lanes[1]])
         m.d.comb += out_sum.eq(out_acc + out_bias)
         m.d.comb += [oq.w_en.eq(out_v[2]), oq.w_data.eq(out_sum)]
         # bias: read with the issue (cycle 0), data in 1, registered in 2 = the lane's data.
@@ -372,7 +385,7 @@ class SharedCore(wiring.Component):
         clr_left = Signal(range(amap.bank_words + 1))
         clr_addr = Signal(range(amap.depth))
         clr_active = Signal()
-        m.d.comb += clr_active.eq((clr_left != 0) & ~out_busy)
+        m.d.comb += clr_active.eq(clr_left != 0)
         with m.If(clr_active):
             m.d.sync += [clr_left.eq(clr_left - 1), clr_addr.eq(clr_addr + 1)]
 
@@ -381,8 +394,8 @@ class SharedCore(wiring.Component):
             en = Signal(name=f"lane{p}_sweep_en")
             addr = Signal(range(amap.depth), name=f"lane{p}_sweep_addr")
             hits = [(st.valid & (st.lane == p), st.addr + k) for k, st in enumerate(stages)]
-            hits.append((out_issue & (out_lane == p), amap.register_base + out_local))
             hits.append((clr_active, clr_addr))
+            m.d.comb += [lane.take_en.eq(out_issue & (out_lane == p)), lane.take_index.eq(out_local)]
             m.d.comb += en.eq(0)
             for hit, a in hits:
                 with m.If(hit):
@@ -468,7 +481,7 @@ class SharedCore(wiring.Component):
         banks = self.config.banks
         with m.Switch(state):
             with m.Case(IDLE):
-                with m.If(self.start):
+                with m.If(self.start & (in_left == 0) & ~in_have):
                     m.d.sync += [fresh.eq(1), steps.eq(0)]
                     for l in range(L):
                         m.d.sync += [counts[l][0].eq(0), counts[l][1].eq(0)]
@@ -477,24 +490,25 @@ class SharedCore(wiring.Component):
                         # which its sweep cleared, and clear this one.
                         m.d.sync += [bank.eq(~bank), clr_left.eq(lay.readout_acc_base),
                                      clr_addr.eq(Mux(bank, amap.bank_base(1), 0))]
-                with m.Elif(self.i.valid):
-                    m.d.sync += [state.eq(ACC_IN), layer.eq(0), this_step.eq(0),
-                                 src_mode.eq(SRC_STREAM), src_left.eq(lay.input_size), src_elem.eq(0)]
+                with m.Elif((in_left != 0) | in_have):
+                    m.d.sync += [state.eq(ACC_IN), layer.eq(0), this_step.eq(0)]
             with m.Case(ACC_IN):
-                with m.If(src_left == 0):
+                # Layer 0: the step's inputs taken; a layer above: its input rows from the buffer.
+                with m.If(Mux(layer == 0, in_have, src_left == 0)):
                     m.d.sync += src_mode.eq(SRC_NONE)
+                    with m.If(layer == 0):
+                        m.d.sync += in_have.eq(0)
                     start_recurrent_or_drain(layer)
             with m.Case(ACC_REC):
                 with m.If(src_left == 0):
                     m.d.sync += [src_mode.eq(SRC_NONE), state.eq(DRAIN)]
             with m.Case(DRAIN):
-                # The step before's outputs are read through the lanes' sweep ports: they must be
-                # out before the sweep needs those ports (and so must a clear).
+                # A clear holds the lanes' sweep ports: the sweep waits for it.
                 sweep_start = [state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_space.eq(0),
                                sw_lane.eq(0), sw_local.eq(0), sw_neuron.eq(neuron_base[layer]),
                                sw_base.eq(layer_base[layer]), sw_outputs.eq(layer_H[layer]),
                                ev_ptr.eq(_event_base(layer, parity)), ev_count.eq(0)]
-                ready = ~out_busy & (clr_left == 0)
+                ready = clr_left == 0
                 # The layer's events, as the unit writes them, fetch the rows that do not touch
                 # the bank the sweep reads: the readout's (flip-flop words) after the last layer,
                 # and with two banks the layer's recurrent rows for the next step (other bank).
@@ -522,5 +536,14 @@ class SharedCore(wiring.Component):
                 drained(out_drain, [src_mode.eq(SRC_NONE), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
                                     out_local.eq(0), state.eq(IDLE), parity.eq(~parity), fresh.eq(0),
                                     steps.eq(steps + 1), step_cycles.eq(this_step + 1)]
-                        + ([bank.eq(~bank)] if banks == 2 else []))
+                        + ([bank.eq(~bank), in_ahead.eq(0)] if banks == 2 else []))
+
+        # The input engine opens for a step when the sequencer waits for one, or (two banks)
+        # for the next step during the last layer's sweep.
+        with m.If((in_left == 0) & ~in_have & self.i.valid):
+            with m.If((state == IDLE) & ~self.start):
+                m.d.sync += [in_left.eq(lay.input_size), src_elem.eq(0), in_ahead.eq(0)]
+            if banks == 2:
+                with m.Elif(((state == SWEEP) | (state == RO_DRAIN)) & (layer == last) & ~in_ahead):
+                    m.d.sync += [in_left.eq(lay.input_size), src_elem.eq(0), in_ahead.eq(1)]
         return m

@@ -55,14 +55,17 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
     rec = SharedCoreRecord()
     updates: list = []
 
+    completed: list = []         # step_cycles of every step, in order
+
     async def source(ctx):
+        # A sequence's inputs back to back, as fast as the core takes them (with two banks it
+        # takes a step's inputs while the step before sweeps); between sequences, ``start``
+        # once the last step has finished.
         await ctx.tick().until(~dut.status.busy)
         for s in range(S):
-            await ctx.tick().until(~dut.status.busy)
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
-            rec.step_cycles.append([])
             for t in range(T):
                 for j in range(I):
                     while next(src_pause):
@@ -72,18 +75,23 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
                     ctx.set(dut.i.payload, int(x[s, t, j]))
                     await ctx.tick().until(dut.i.ready)
                 ctx.set(dut.i.valid, 0)
-                # The step's cycles, once it has finished (its outputs are queued by then).
-                await ctx.tick().until(~dut.status.busy)
-                rec.step_cycles[-1].append(int(ctx.get(dut.status.step_cycles)))
+            while len(completed) < (s + 1) * T or ctx.get(dut.status.busy):
+                await ctx.tick()
 
     state_counts = [0] * len(STATE_NAMES)
 
     async def monitor(ctx):
-        async for _, _, valid, neuron, cand, fire, y, state in ctx.tick().sample(
-                dut.dbg.valid, dut.dbg.neuron, dut.dbg.candidate, dut.dbg.fire, dut.dbg.y, dut.sequencer_state):
+        steps_before = 0
+        async for _, _, valid, neuron, cand, fire, y, state, steps, step_cycles in ctx.tick().sample(
+                dut.dbg.valid, dut.dbg.neuron, dut.dbg.candidate, dut.dbg.fire, dut.dbg.y, dut.sequencer_state,
+                dut.status.steps, dut.status.step_cycles):
             state_counts[int(state)] += 1
             if valid:
                 updates.append((int(neuron), int(cand), int(fire), int(y)))
+            if int(steps) != steps_before:
+                if int(steps) == steps_before + 1:
+                    completed.append(int(step_cycles))
+                steps_before = int(steps)
 
     async def sink(ctx):
         for s in range(S):
@@ -111,6 +119,7 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
     else:
         sim.run()
     rec.state_cycles = dict(zip(STATE_NAMES, state_counts))
+    rec.step_cycles = [completed[s * T:(s + 1) * T] for s in range(S)]
     per_step = image.layout.neurons
     rec.updates = [[updates[(s * T + t) * per_step:(s * T + t + 1) * per_step] for t in range(T)]
                    for s in range(S)]

@@ -58,14 +58,16 @@ def schedule(rng, depth, weight_bits, max_align, rounds=2, entries=250, idle=0.2
     return cycles, expected
 
 
-def simulate_model(lane, cycles):
+def simulate_model(lane, cycles, probe="sweep_rd_data", also=None, split=None):
+    """Each cycle's ``probe`` output (from cycle ``split`` on: ``also``)."""
     trace = []
 
     async def tb(ctx):
-        for cyc in cycles:
+        for c, cyc in enumerate(cycles):
             for name, value in cyc.items():
                 ctx.set(getattr(lane, name), value)
-            trace.append(ctx.get(lane.sweep_rd_data))
+            port = also if split is not None and c >= split else probe
+            trace.append(ctx.get(getattr(lane, port)))
             await ctx.tick()
 
     sim = Simulator(lane)
@@ -213,4 +215,51 @@ def test_word_kinds_overlap(depth, registers, banks):
     cycles, expected = overlapped_schedule(rng, depth, overlap_phases(depth, registers, banks))
     trace = simulate_model(DSPMacLane(depth=depth, weight_bits=8, max_align=4, registers=registers, banks=banks),
                            cycles)
+    assert [trace[c] for c, _ in expected] == [v for _, v in expected]
+
+
+def take_schedule(rng, depth, registers, entries=100):
+    """Entries on every word; then, as the core reads its outputs while the next step's rows
+    run, the take port reads and clears each register word while entries hit the block RAM
+    every cycle; then everything read back through the sweep port. Returns the cycles, the
+    expected reads as (cycle, value) and the cycle the sweep port's reads begin."""
+    base = depth - registers
+    quiet = dict(dict.fromkeys(FIELDS, 0), take_en=0, take_index=0)
+    acc = [0] * depth
+    cycles, expected = [], []
+
+    def entry(cyc, addr):
+        w = int(rng.integers(-128, 128))
+        v = int(rng.integers(-(1 << 15), 1 << 15))
+        acc[addr] = wrap32(acc[addr] + w * v)
+        cyc.update(i_valid=1, i_addr=addr, i_weight=w, i_value=v)
+
+    for _ in range(entries):
+        cyc = dict(quiet)
+        entry(cyc, int(rng.integers(depth)))
+        cycles.append(cyc)
+    cycles += [dict(quiet) for _ in range(DSPMacLane.LATENCY)]
+    for c in range(3 * registers):
+        cyc = dict(quiet)
+        if c % 3 == 0:
+            j = c // 3
+            expected.append((len(cycles) + 2, acc[base + j]))
+            acc[base + j] = 0
+            cyc.update(take_en=1, take_index=j)
+        entry(cyc, int(rng.integers(base)))
+        cycles.append(cyc)
+    cycles += [dict(quiet) for _ in range(DSPMacLane.LATENCY)]
+    start = len(cycles)
+    cycles += [dict(quiet, sweep_rd_en=1, sweep_rd_addr=a) for a in range(depth)] + [dict(quiet)] * 2
+    expected += [(start + 2 + a, v) for a, v in enumerate(acc)]
+    return cycles, expected, start
+
+
+@pytest.mark.parametrize("lane_kind", ["dsp", "fabric"])
+def test_take_port_reads_and_clears_register_words(lane_kind):
+    from egru_accel.hw.mac_lane import MacLane
+    depth, registers = 12, 4
+    cycles, expected, start = take_schedule(np.random.default_rng(9), depth, registers)
+    lane = (DSPMacLane if lane_kind == "dsp" else MacLane)(depth=depth, registers=registers)
+    trace = simulate_model(lane, cycles, probe="take_data", also="sweep_rd_data", split=start)
     assert [trace[c] for c, _ in expected] == [v for _, v in expected]
