@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -55,14 +55,20 @@ class SharedCoreConfig:
             2: steps alternate between two banks of accumulators (two block RAMs per lane), and
             a layer's recurrent rows for the next step follow its sweep, event by event, into
             the other bank, while this step's sweep reads its own.
-        debug: Add the ``dbg`` port (every neuron update, for testbenches).
+        units: Update units (U). The sweep takes U neurons every ``ceil(4 / floor(P / U))``
+            cycles (no lane read twice in a cycle), unit u the u-th of each group; each unit's
+            events queue in a FIFO of its own on their way to the event buffer.
+        debug: Add the ``dbg`` port (every neuron update, for testbenches; one per unit).
     """
     lane: str = "fabric"
     multipliers: str = "dsp"
     banks: int = 1
+    units: int = 1
     debug: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.units, int) or isinstance(self.units, bool) or self.units < 1:
+            raise ValueError(f"units must be a positive integer, not {self.units!r}")
         if self.banks not in (1, 2) or isinstance(self.banks, bool):
             raise ValueError(f"banks must be 1 or 2, not {self.banks!r}")
         if self.lane not in LANE_KINDS:
@@ -113,6 +119,8 @@ class SharedCore(wiring.Component):
             if not isinstance(config, SharedCoreConfig):
                 raise TypeError(f"config must be a SharedCoreConfig, not {type(config).__name__}")
             lay = image.layout
+            if config.units > lay.lanes:
+                raise ValueError(f"units ({config.units}) must not exceed the lanes ({lay.lanes})")
             if lay.formats.input_bits > VALUE_BITS or lay.formats.state_bits > VALUE_BITS:
                 raise ValueError(f"inputs and events must fit {VALUE_BITS} bits")
             op_bits = 16 if config.lane != "fabric" else 18
@@ -127,13 +135,15 @@ class SharedCore(wiring.Component):
             "status": Out(StatusSignature()),
         }
         if config.debug:
-            members["dbg"] = Out(DebugSignature(image))
+            members["dbg"] = Out(DebugSignature(image)).array(config.units) if config.units > 1 \
+                else Out(DebugSignature(image))
         super().__init__(members)
 
     @property
     def spacing(self) -> int:
-        """Cycles between two neurons of the sweep."""
-        return -(-4 // self.layout.lanes)
+        """Cycles between two groups of U neurons of the sweep: a lane's neuron comes again
+        ``floor(P / U)`` groups later, and its four reads must be over by then."""
+        return -(-4 // (self.layout.lanes // self.config.units))
 
     def _lane(self):
         lay, kind = self.layout, self.config.lane
@@ -164,19 +174,24 @@ class SharedCore(wiring.Component):
             port = dispatch.lanes[p]
             m.d.comb += [lane.i_valid.eq(port.valid), lane.i_addr.eq(port.addr), lane.i_weight.eq(port.weight),
                          lane.i_value.eq(port.value), lane.i_align.eq(port.align)]
-        m.submodules.unit = unit = UpdateUnit(formats=lay.formats, acc_frac=tuple(l.acc_frac for l in lay.layers),
-                                              depth=max(2, lay.neurons), acc_bits=ACC_BITS,
-                                              multipliers=self.config.multipliers)
+        U = self.config.units
+        units = []
+        for u in range(U):
+            unit = UpdateUnit(formats=lay.formats, acc_frac=tuple(l.acc_frac for l in lay.layers),
+                              depth=max(2, lay.neurons), acc_bits=ACC_BITS, multipliers=self.config.multipliers)
+            m.submodules["unit" if U == 1 else f"unit{u}"] = unit
+            units.append(unit)
         lane_latency = lanes[0].LATENCY
 
         # -- memories of the core: events, biases, thresholds ------------------------------------
         m.submodules.events = events = Memory(shape=ev_word.width, depth=lay.event_depth, init=[])
         ev_rd, ev_wr = events.read_port(), events.write_port()
-        inits = []
+        inits = [[] for _ in range(U)]        # inits[u][k]: unit u's read port of gate k's biases
         for k in ACC_KINDS:
             mem = Memory(shape=signed(ACC_BITS), depth=max(2, lay.neurons), init=[int(v) for v in img.init[k]])
             m.submodules[f"init_{k}"] = mem
-            inits.append(mem.read_port())
+            for u in range(U):
+                inits[u].append(mem.read_port())
         m.submodules.theta = theta_mem = Memory(shape=lay.theta_word.width, depth=max(2, lay.neurons),
                                                 init=[int(v) for v in img.theta])
         theta_rd = theta_mem.read_port()
@@ -211,8 +226,9 @@ class SharedCore(wiring.Component):
                 m.d.sync += [load_k.eq(load_k + 1), load_v.eq(1), load_addr.eq(load_k)]
             with m.Elif(~load_v):
                 m.d.sync += state.eq(IDLE)
-        m.d.comb += [unit.load_en.eq(load_v), unit.load_theta.eq(1), unit.load_addr.eq(load_addr),
-                     unit.load_data.eq(theta_rd.data)]
+        for unit in units:
+            m.d.comb += [unit.load_en.eq(load_v), unit.load_theta.eq(1), unit.load_addr.eq(load_addr),
+                         unit.load_data.eq(theta_rd.data)]
 
         # -- src_: the event source, into the event queue ----------------------------------------------
         m.submodules.evq = evq = SyncFIFOBuffered(width=ev_layout.size, depth=4)
@@ -318,36 +334,48 @@ class SharedCore(wiring.Component):
         drain = Signal(range(lane_latency + 4))
         sweep_drain, out_drain = max(0, lane_latency - 3), max(0, lane_latency - 2)
 
-        # -- sw_: the sweep --------------------------------------------------------------------------
+        # -- sw_: the sweep: a group of U neurons every ``sp`` cycles, unit u the u-th of each --------
         sp = self.spacing
-        sw_left = Signal(range(max(lay.hidden) + 1))
+        sw_left = Signal(range(max(lay.hidden) + 1))        # neurons of the layer still to issue
         sw_space = Signal(range(max(2, sp)))
-        sw_lane = Signal(range(max(2, P)))
-        sw_local = Signal(range(max(2, max(lay.n_local))))
-        sw_neuron = Signal(range(max(2, lay.neurons)))
+        sw_lane = [Signal(range(max(2, P)), name=f"sw_lane{u}") for u in range(U)]
+        sw_local = [Signal(range(max(2, max(lay.n_local) + 1)), name=f"sw_local{u}") for u in range(U)]
+        sw_neuron = Signal(range(max(2, lay.neurons + U)))
         sw_base = Signal(range(amap.depth))
         sw_issue = Signal()
+        sw_room = Signal(init=1)     # every unit's event FIFO has room for all it has in flight
         sw_outputs = Signal(range(max(lay.hidden) + 1))   # unit outputs still to come
-        m.d.comb += sw_issue.eq((state == SWEEP) & (sw_left != 0) & (sw_space == 0))
+        m.d.comb += sw_issue.eq((state == SWEEP) & (sw_left != 0) & (sw_space == 0) & sw_room)
         with m.If(state == SWEEP):
             with m.If(sw_space != 0):
                 m.d.sync += sw_space.eq(sw_space - 1)
-            with m.Elif(sw_left != 0):
-                m.d.sync += [sw_left.eq(sw_left - 1), sw_neuron.eq(sw_neuron + 1), sw_space.eq(sp - 1)]
-                with m.If(sw_lane == P - 1):
-                    m.d.sync += [sw_lane.eq(0), sw_local.eq(sw_local + 1)]
-                with m.Else():
-                    m.d.sync += sw_lane.eq(sw_lane + 1)
-        # The neuron record, shifted: stage k reads gate k.
+            with m.Elif(sw_issue):
+                m.d.sync += [sw_left.eq(Mux(sw_left > U, sw_left - U, 0)), sw_neuron.eq(sw_neuron + U),
+                             sw_space.eq(sp - 1)]
+                for u in range(U):
+                    with m.If(sw_lane[u] + U >= P):
+                        m.d.sync += [sw_lane[u].eq(sw_lane[u] + U - P), sw_local[u].eq(sw_local[u] + 1)]
+                    with m.Else():
+                        m.d.sync += sw_lane[u].eq(sw_lane[u] + U)
+
+        def sweep_start_counters(layer_neuron_base):
+            stmts = [sw_neuron.eq(layer_neuron_base), sw_space.eq(0)]
+            for u in range(U):
+                stmts += [sw_lane[u].eq(u % P), sw_local[u].eq(u // P)]
+            return stmts
+
+        # The neuron records, shifted: stage k reads gate k.
         record = data.StructLayout({"valid": 1, "lane": range(max(2, P)), "addr": range(amap.depth),
                                     "neuron": range(max(2, lay.neurons)), "layer": range(max(2, L)), "fresh": 1})
-        stages = [Signal(record, name=f"sw{k}_record") for k in range(4)]
-        m.d.sync += [stages[0].valid.eq(sw_issue), stages[0].lane.eq(sw_lane),
-                     stages[0].addr.eq(sw_base + (sw_local << 2) + Mux(bank, amap.bank_base(1), 0)),
-                     stages[0].neuron.eq(sw_neuron),
-                     stages[0].layer.eq(layer), stages[0].fresh.eq(fresh)]
-        for k in range(1, 4):
-            m.d.sync += stages[k].eq(stages[k - 1])
+        stages = [[Signal(record, name=f"sw{k}_record" if U == 1 else f"sw{k}_u{u}_record") for k in range(4)]
+                  for u in range(U)]
+        for u in range(U):
+            st = stages[u]
+            m.d.sync += [st[0].valid.eq(sw_issue & (sw_left > u)), st[0].lane.eq(sw_lane[u]),
+                         st[0].addr.eq(sw_base + (sw_local[u] << 2) + Mux(bank, amap.bank_base(1), 0)),
+                         st[0].neuron.eq(sw_neuron + u), st[0].layer.eq(layer), st[0].fresh.eq(fresh)]
+            for k in range(1, 4):
+                m.d.sync += st[k].eq(st[k - 1])
 
         # -- out_: the readout's outputs -------------------------------------------------------------
         m.submodules.oq = oq = SyncFIFOBuffered(width=ACC_BITS, depth=4)
@@ -393,7 +421,7 @@ class SharedCore(wiring.Component):
         for p, lane in enumerate(lanes):
             en = Signal(name=f"lane{p}_sweep_en")
             addr = Signal(range(amap.depth), name=f"lane{p}_sweep_addr")
-            hits = [(st.valid & (st.lane == p), st.addr + k) for k, st in enumerate(stages)]
+            hits = [(st.valid & (st.lane == p), st.addr + k) for su in stages for k, st in enumerate(su)]
             hits.append((clr_active, clr_addr))
             m.d.comb += [lane.take_en.eq(out_issue & (out_lane == p)), lane.take_index.eq(out_local)]
             m.d.comb += en.eq(0)
@@ -405,44 +433,84 @@ class SharedCore(wiring.Component):
 
         # -- the gate words: lane data (cycle 2 after the read), + bias, delayed to the unit's offsets -----
         t = Timeline(m)
-        offsets = getattr(unit, "offsets", {k: 0 for k in ACC_KINDS})
+        offsets = getattr(units[0], "offsets", {k: 0 for k in ACC_KINDS})
         D = max(k + 4 - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
         lane_data = Array(lane.sweep_rd_data for lane in lanes)
-        for k, g in enumerate(ACC_KINDS):
-            st = stages[k]
-            rd = inits[k]
-            m.d.comb += [rd.addr.eq(st.neuron), rd.en.eq(1)]
-            # Cycle numbers relative to this gate's read (cycle 0).
-            lane_of = t.input(Signal.like(st.lane, name=f"sw{k}_lane"), 0)
-            m.d.comb += lane_of.eq(st.lane)
-            bias = t.reg(f"sw{k}_bias", rd.data, 2)
-            sel = t.at(lane_of, 2)
-            acc = t.reg(f"sw{k}_acc", lane_data[sel], 3)
-            biased = t.reg(f"sw{k}_biased", acc + t.at(bias, 3), 4, signed(ACC_BITS))
-            word = t.at(biased, D + offsets[g] - k)
-            m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)
-        # The neuron itself, D cycles after stage 0's read.
-        rec_t = t.input(Signal(record.size, name="sw_unit_record"), 0)    # bits: Timeline delays signals
-        m.d.comb += rec_t.eq(stages[0])
-        rec_u = data.View(record, t.at(rec_t, D))
-        m.d.comb += [unit.i_valid.eq(rec_u.valid), unit.i_neuron.eq(rec_u.neuron), unit.i_layer.eq(rec_u.layer),
-                     unit.i_fresh.eq(rec_u.fresh)]
+        for u, unit in enumerate(units):
+            tag = "" if U == 1 else f"_u{u}"
+            for k, g in enumerate(ACC_KINDS):
+                st = stages[u][k]
+                rd = inits[u][k]
+                m.d.comb += [rd.addr.eq(st.neuron), rd.en.eq(1)]
+                # Cycle numbers relative to this gate's read (cycle 0).
+                lane_of = t.input(Signal.like(st.lane, name=f"sw{k}{tag}_lane"), 0)
+                m.d.comb += lane_of.eq(st.lane)
+                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 2)
+                sel = t.at(lane_of, 2)
+                acc = t.reg(f"sw{k}{tag}_acc", lane_data[sel], 3)
+                biased = t.reg(f"sw{k}{tag}_biased", acc + t.at(bias, 3), 4, signed(ACC_BITS))
+                word = t.at(biased, D + offsets[g] - k)
+                m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)
+            # The neuron itself, D cycles after stage 0's read.
+            rec_t = t.input(Signal(record.size, name=f"sw_unit{tag}_record"), 0)   # bits: Timeline delays signals
+            m.d.comb += rec_t.eq(stages[u][0])
+            rec_u = data.View(record, t.at(rec_t, D))
+            m.d.comb += [unit.i_valid.eq(rec_u.valid), unit.i_neuron.eq(rec_u.neuron), unit.i_layer.eq(rec_u.layer),
+                         unit.i_fresh.eq(rec_u.fresh)]
 
-        # -- the unit's events into the event buffer ---------------------------------------------------
+        # -- the units' events into the event buffer ---------------------------------------------------
         ev_count = Signal(range(max(lay.hidden) + 1))
         ev_in = Signal(ev_word.struct_layout())
         write_event = Signal()
-        m.d.comb += [write_event.eq(unit.o_valid & (unit.o_fire | dense)),
-                     ev_in.neuron.eq(unit.o_neuron), ev_in.value.eq(unit.o_y),
-                     ev_wr.en.eq(write_event), ev_wr.addr.eq(ev_ptr), ev_wr.data.eq(ev_in)]
+        fired = [Signal(name=f"unit{u}_event") for u in range(U)]
+        for u, unit in enumerate(units):
+            m.d.comb += fired[u].eq(unit.o_valid & (unit.o_fire | dense))
+        ev_pending = Const(0)
+        if U == 1:
+            m.d.comb += [write_event.eq(fired[0]), ev_in.neuron.eq(units[0].o_neuron), ev_in.value.eq(units[0].o_y)]
+        else:
+            # Each unit's events wait in a FIFO; one goes to the buffer per cycle, the lowest unit
+            # first. A group issues only while every FIFO has room for all its unit has in flight.
+            in_flight = D + units[0].latency + 2
+            depth = 1 << (in_flight + 2).bit_length()
+            queues, flights = [], []
+            for u, unit in enumerate(units):
+                q = SyncFIFOBuffered(width=ev_word.width, depth=depth)
+                m.submodules[f"events{u}_queue"] = q
+                word = Signal(ev_word.struct_layout(), name=f"unit{u}_event_word")
+                m.d.comb += [word.neuron.eq(unit.o_neuron), word.value.eq(unit.o_y),
+                             q.w_data.eq(word), q.w_en.eq(fired[u])]
+                flight = Signal(range(in_flight + 2), name=f"unit{u}_in_flight")
+                issued = stages[u][0].valid      # registered with the issue: counts from there
+                with m.If(issued & ~unit.o_valid):
+                    m.d.sync += flight.eq(flight + 1)
+                with m.Elif(~issued & unit.o_valid):
+                    m.d.sync += flight.eq(flight - 1)
+                queues.append(q)
+                flights.append(flight)
+            # Room for what is in flight, for the group about to issue and for the one whose
+            # record is being registered.
+            m.d.comb += sw_room.eq(Cat(q.level + f + 2 * U <= depth for q, f in zip(queues, flights)).all())
+            pick = Signal(range(max(2, U)))
+            chosen = Const(0)
+            for u in reversed(range(U)):
+                chosen = Mux(queues[u].r_rdy, u, chosen)
+            m.d.comb += pick.eq(chosen)
+            m.d.comb += [write_event.eq(Cat(q.r_rdy for q in queues).any()),
+                         ev_in.eq(Array(q.r_data for q in queues)[pick])]
+            for u, q in enumerate(queues):
+                m.d.comb += q.r_en.eq(write_event & (pick == u))
+            ev_pending = Cat(q.r_rdy for q in queues).any() | Cat(q.level != 0 for q in queues).any()
+        m.d.comb += [ev_wr.en.eq(write_event), ev_wr.addr.eq(ev_ptr), ev_wr.data.eq(ev_in)]
         with m.If(write_event):
             m.d.sync += [ev_ptr.eq(ev_ptr + 1), ev_count.eq(ev_count + 1)]
-        with m.If(unit.o_valid):
-            m.d.sync += sw_outputs.eq(sw_outputs - 1)
+        done_now = sum((unit.o_valid for unit in units), Const(0, range(U + 1)))
+        m.d.sync += sw_outputs.eq(sw_outputs - done_now)
         if self.config.debug:
-            m.d.comb += [self.dbg.valid.eq(unit.o_valid), self.dbg.neuron.eq(unit.o_neuron),
-                         self.dbg.candidate.eq(unit.o_candidate), self.dbg.fire.eq(unit.o_fire),
-                         self.dbg.y.eq(unit.o_y)]
+            for u, unit in enumerate(units):
+                dbg = self.dbg if U == 1 else self.dbg[u]
+                m.d.comb += [dbg.valid.eq(unit.o_valid), dbg.neuron.eq(unit.o_neuron),
+                             dbg.candidate.eq(unit.o_candidate), dbg.fire.eq(unit.o_fire), dbg.y.eq(unit.o_y)]
 
         # -- the sequencer ----------------------------------------------------------------------------
         idle_dispatch = Signal()
@@ -504,10 +572,9 @@ class SharedCore(wiring.Component):
                     m.d.sync += [src_mode.eq(SRC_NONE), state.eq(DRAIN)]
             with m.Case(DRAIN):
                 # A clear holds the lanes' sweep ports: the sweep waits for it.
-                sweep_start = [state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_space.eq(0),
-                               sw_lane.eq(0), sw_local.eq(0), sw_neuron.eq(neuron_base[layer]),
-                               sw_base.eq(layer_base[layer]), sw_outputs.eq(layer_H[layer]),
-                               ev_ptr.eq(_event_base(layer, parity)), ev_count.eq(0)]
+                sweep_start = [state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_base.eq(layer_base[layer]),
+                               sw_outputs.eq(layer_H[layer]), ev_ptr.eq(_event_base(layer, parity)),
+                               ev_count.eq(0)] + sweep_start_counters(neuron_base[layer])
                 ready = clr_left == 0
                 # The layer's events, as the unit writes them, fetch the rows that do not touch
                 # the bank the sweep reads: the readout's (flip-flop words) after the last layer,
@@ -523,7 +590,7 @@ class SharedCore(wiring.Component):
                     else:
                         drained(sweep_drain, sweep_start, ready=ready)
             with m.Case(SWEEP):
-                with m.If((sw_left == 0) & (sw_outputs == 0)):
+                with m.If((sw_left == 0) & (sw_outputs == 0) & ~ev_pending):
                     m.d.sync += counts[layer][parity].eq(ev_count)
                     with m.If(layer == last):
                         m.d.sync += state.eq(RO_DRAIN)

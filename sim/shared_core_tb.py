@@ -80,14 +80,21 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
 
     state_counts = [0] * len(STATE_NAMES)
 
+    U = config.units
+    ports = [dut.dbg] if U == 1 else [dut.dbg[u] for u in range(U)]
+    probes = [sig for d in ports for sig in (d.valid, d.neuron, d.candidate, d.fire, d.y)]
+
     async def monitor(ctx):
         steps_before = 0
-        async for _, _, valid, neuron, cand, fire, y, state, steps, step_cycles in ctx.tick().sample(
-                dut.dbg.valid, dut.dbg.neuron, dut.dbg.candidate, dut.dbg.fire, dut.dbg.y, dut.sequencer_state,
-                dut.status.steps, dut.status.step_cycles):
+        async for _, _, *values in ctx.tick().sample(dut.sequencer_state, dut.status.steps, dut.status.step_cycles,
+                                                      *probes):
+            state, steps, step_cycles = values[:3]
             state_counts[int(state)] += 1
-            if valid:
-                updates.append((int(neuron), int(cand), int(fire), int(y)))
+            # Unit u takes the u-th neuron of each group: within a cycle, units in order.
+            for u in range(U):
+                valid, neuron, cand, fire, y = values[3 + 5 * u:8 + 5 * u]
+                if valid:
+                    updates.append((int(neuron), int(cand), int(fire), int(y)))
             if int(steps) != steps_before:
                 if int(steps) == steps_before + 1:
                     completed.append(int(step_cycles))
