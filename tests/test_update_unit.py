@@ -22,12 +22,27 @@ async def load(ctx, unit, *, theta=(), c=()):
     ctx.set(unit.load_en, 0)
 
 
-def present(ctx, unit, neuron, acc):
-    """Put neuron ``neuron``'s accumulators (``acc[gate][neuron]``) on the inputs."""
-    ctx.set(unit.i_valid, 1)
-    ctx.set(unit.i_neuron, neuron)
-    for g in ("z", "r", "ag", "hg"):
-        ctx.set(getattr(unit, f"i_acc_{g}"), int(acc[g][neuron]))
+KINDS = ("z", "r", "ag", "hg")
+
+
+async def drive(ctx, unit, slots, rng, offsets=None):
+    """Drive one slot per cycle: ``None`` (idle) or ``(neuron, acc)`` with ``acc[gate]`` its
+    accumulators. ``i_valid`` and ``i_neuron`` are set in the slot's cycle and each ``i_acc_<gate>``
+    ``unit.offsets[gate]`` cycles later, as the unit's contract says (or ``offsets[gate]``); every
+    input nobody asks for in a cycle carries random junk, so an input read in any other cycle than
+    its offset is seen."""
+    off = unit.offsets if offsets is None else offsets
+    junk_lo, junk_hi = -(1 << (unit.acc_bits - 1)), 1 << (unit.acc_bits - 1)
+    for c in range(min(0, min(off.values())), len(slots) + max(off.values())):
+        slot = slots[c] if 0 <= c < len(slots) else None
+        ctx.set(unit.i_valid, int(slot is not None))
+        ctx.set(unit.i_neuron, slot[0] if slot is not None else int(rng.integers(unit.depth)))
+        for g in KINDS:
+            src = slots[c - off[g]] if 0 <= c - off[g] < len(slots) else None
+            ctx.set(getattr(unit, f"i_acc_{g}"), int(src[1][g]) if src is not None
+                    else int(rng.integers(junk_lo, junk_hi)))
+        await ctx.tick()
+    ctx.set(unit.i_valid, 0)
 
 
 def run_unit(unit, theta, steps, gap_prob, rng):
@@ -38,13 +53,12 @@ def run_unit(unit, theta, steps, gap_prob, rng):
     async def feed(ctx):
         await load(ctx, unit, theta=theta)
         for acc in steps:
+            slots = []
             for n in range(len(theta)):
                 while rng.random() < gap_prob:
-                    ctx.set(unit.i_valid, 0)
-                    await ctx.tick()
-                present(ctx, unit, n, acc)
-                await ctx.tick()
-            ctx.set(unit.i_valid, 0)
+                    slots.append(None)
+                slots.append((n, {g: acc[g][n] for g in KINDS}))
+            await drive(ctx, unit, slots, rng)
             # The next step needs this step's states: wait for the pipeline to empty.
             for _ in range(unit.latency):
                 await ctx.tick()
@@ -140,15 +154,15 @@ def test_update_unit_at_the_arithmetic_corners(multipliers):
     want = golden.neuron_update(fmt, acc_frac, acc["z"], acc["r"], acc["ag"], acc["hg"], c, theta)
     assert want["fire"].any() and (~want["fire"]).any() and (want["candidate"] == theta).sum() > 50
     unit = UpdateUnit(formats=fmt, acc_frac=acc_frac, depth=n, multipliers=multipliers)
-    assert unit.latency == {"dsp": 18, "logic": 24}[multipliers]
+    assert unit.latency == {"dsp": 17, "logic": 19}[multipliers]
+    # ag and hg are taken in the cycles they are used in, so they do not ride the pipeline.
+    assert unit.offsets == {"dsp": {"z": 0, "r": 0, "ag": 6, "hg": 3},
+                            "logic": {"z": 0, "r": 0, "ag": 4, "hg": 4}}[multipliers]
     got = {}
 
     async def feed(ctx):
         await load(ctx, unit, theta=theta, c=c)
-        for k in range(n):
-            present(ctx, unit, k, acc)
-            await ctx.tick()
-        ctx.set(unit.i_valid, 0)
+        await drive(ctx, unit, [(k, {g: acc[g][k] for g in KINDS}) for k in range(n)], rng)
 
     async def collect(ctx):
         async for _, _, valid, neuron, cand, fire, y in ctx.tick().sample(
@@ -161,3 +175,43 @@ def test_update_unit_at_the_arithmetic_corners(multipliers):
     simulate(unit, collect, feed)
     for k in range(n):
         assert got[k] == (int(want["candidate"][k]), int(want["fire"][k]), int(want["y"][k])), k
+
+
+@pytest.mark.parametrize("multipliers", ["dsp", "logic"])
+def test_update_unit_takes_each_accumulator_at_its_offset_only(multipliers):
+    """The same neurons with one accumulator a cycle early or late: the outputs go wrong (the
+    accumulators are within the tables' ranges, so that each one matters)."""
+    from egru_accel.quantize.formats import NumberFormats
+    fmt, acc_frac, n = NumberFormats(), 18, 40
+    rng = np.random.default_rng(5)
+    acc = {g: rng.integers(-(1 << 20), 1 << 20, n).astype(np.int64) for g in KINDS}
+    c = rng.integers(fmt.state_min, fmt.state_max + 1, n).astype(np.int64)
+    theta = rng.integers(0, fmt.state_max + 1, n).astype(np.int64)
+    want = golden.neuron_update(fmt, acc_frac, acc["z"], acc["r"], acc["ag"], acc["hg"], c, theta)
+    want = {k: (int(want["candidate"][k]), int(want["fire"][k]), int(want["y"][k])) for k in range(n)}
+    unit = UpdateUnit(formats=fmt, acc_frac=acc_frac, depth=n, multipliers=multipliers)
+    slots = [(k, {g: acc[g][k] for g in KINDS}) for k in range(n)]
+
+    def outputs(offsets):
+        got = {}
+
+        async def feed(ctx):
+            await load(ctx, unit, theta=theta, c=c)
+            await drive(ctx, unit, slots, rng, offsets)
+
+        async def collect(ctx):
+            async for _, _, valid, neuron, cand, fire, y in ctx.tick().sample(
+                    unit.o_valid, unit.o_neuron, unit.o_candidate, unit.o_fire, unit.o_y):
+                if valid:
+                    got[int(neuron)] = (int(cand), int(fire), int(y))
+                    if len(got) == n:
+                        return
+
+        simulate(unit, collect, feed)
+        return got
+
+    assert outputs(unit.offsets) == want
+    for g in KINDS:
+        for shift in (-1, 1):
+            wrong = outputs({**unit.offsets, g: unit.offsets[g] + shift})
+            assert sum(wrong[k] != want[k] for k in range(n)) > n // 4, (g, shift)
