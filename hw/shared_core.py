@@ -108,7 +108,9 @@ class SharedCore(wiring.Component):
     Streams: ``i`` takes one signed 16-bit layer-0 input per beat, ``input_size`` beats per
     step; ``o`` gives one signed 32-bit output (the readout grid ``2**-(state_frac + shift)``)
     per beat, ``outputs`` beats per step. ``start`` (a strobe, honoured between steps) begins a
-    sequence: cell states and the events of the step before count as zero.
+    sequence: cell states and the events of the step before count as zero. ``last``, sampled
+    with a step's final input beat, marks the sequence's last step: with two banks its events
+    then fetch no recurrent rows for a step that will not come.
     """
 
     def __init__(self, image: SharedRowImage, config: SharedCoreConfig | None = None):
@@ -132,6 +134,7 @@ class SharedCore(wiring.Component):
             "i": In(stream.Signature(signed(VALUE_BITS))),
             "o": Out(stream.Signature(signed(ACC_BITS))),
             "start": In(1),
+            "last": In(1),
             "status": Out(StatusSignature()),
         }
         if config.debug:
@@ -182,6 +185,7 @@ class SharedCore(wiring.Component):
             m.submodules["unit" if U == 1 else f"unit{u}"] = unit
             units.append(unit)
         lane_latency = lanes[0].LATENCY
+        self.lane_busy = dispatch.lanes[0].valid    # for testbenches: cycles the lanes take entries
 
         # -- memories of the core: events, biases, thresholds ------------------------------------
         m.submodules.events = events = Memory(shape=ev_word.width, depth=lay.event_depth, init=[])
@@ -259,6 +263,8 @@ class SharedCore(wiring.Component):
         in_left = Signal(range(lay.input_size + 1))
         in_have = Signal()           # a step's inputs all taken, its sequencer not yet past them
         in_ahead = Signal()
+        in_last = Signal()           # the streamed step is its sequence's last
+        step_last = Signal()         # the running step is
         in_room = Signal()
         # Room for a beat besides a buffer read that may enter in the same cycle; none while a
         # buffer read's data takes s2.
@@ -276,7 +282,7 @@ class SharedCore(wiring.Component):
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [in_left.eq(in_left - 1), src_elem.eq(src_elem + 1)]
             with m.If(in_left == 1):
-                m.d.sync += in_have.eq(1)
+                m.d.sync += [in_have.eq(1), in_last.eq(self.last)]
             # A zero input fetches no row (except in the dense baseline).
             m.d.sync += [s2_valid.eq((self.i.payload != 0) | dense), s2_event.row.eq(lay.row_base[0] + src_elem),
                          s2_event.value.eq(self.i.payload), s2_event.kind.eq(KIND_INPUT), s2_event.layer.eq(0),
@@ -305,16 +311,17 @@ class SharedCore(wiring.Component):
             return [d.offset.eq(_row_offset(l, use)), d.kind.eq(kind), d.layer.eq(src_target_layer(l, use)),
                     d.zero.eq(zero), d.bank.eq(to_bank)]
 
-        def source_buffer(l, q, use, kind, count, zero=False, follow=False, then=None, to_bank=None):
+        def source_buffer(l, q, use, kind, count, zero=False, follow=False, then=None, to_bank=None, cur=None):
             """Statements that start the source on ``count`` events of layer ``l``, parity ``q``
             (``follow``: on the events the update unit writes, as it writes them), into
-            ``to_bank`` (this step's bank by default); ``then`` = (use, kind): each event also
-            fetches that row, into the other bank."""
+            ``to_bank`` (the step's bank ``cur`` by default, this step's); ``then`` = (use,
+            kind): each event also fetches that row, into the other bank."""
+            cur = bank if cur is None else cur
             stmts = [src_mode.eq(SRC_FOLLOW if follow else SRC_BUFFER), src_left.eq(0 if follow else count),
                      src_addr.eq(_event_base(l, q)), src_phase.eq(0), src_pair.eq(then is not None)]
-            stmts += describe(src_a, l, use, kind, zero, bank if to_bank is None else to_bank)
+            stmts += describe(src_a, l, use, kind, zero, cur if to_bank is None else to_bank)
             if then is not None:
-                stmts += describe(src_b, l, then[0], then[1], 0, ~bank)
+                stmts += describe(src_b, l, then[0], then[1], 0, ~cur)
             return stmts
 
         def _event_base(l, q):
@@ -547,6 +554,25 @@ class SharedCore(wiring.Component):
                 m.d.sync += drain.eq(drain + 1)
 
         banks = self.config.banks
+
+        def enter_sweep(l, q, b, step_is_last, top: bool):
+            """Statements that start the sweep of layer ``l`` (the last one if ``top``) of a step
+            of parity ``q`` in bank ``b``. The layer's events, as the unit writes them, fetch the
+            rows that do not touch the bank the sweep reads: the readout's (flip-flop words)
+            after the last layer, and with two banks the layer's recurrent rows for the next
+            step (other bank), unless the step is its sequence's last."""
+            stmts = [state.eq(SWEEP), sw_left.eq(layer_H[l]), sw_base.eq(layer_base[l]), sw_outputs.eq(layer_H[l]),
+                     ev_ptr.eq(_event_base(l, q)), ev_count.eq(0)] + sweep_start_counters(neuron_base[l])
+            if top:
+                then = ("recurrent", KIND_RECURRENT) if banks == 2 else None
+                stmts += source_buffer(l, q, "readout", KIND_READOUT, 0, follow=True, then=then, cur=b)
+                if banks == 2:
+                    stmts.append(src_pair.eq(~step_is_last))
+            elif banks == 2:
+                stmts += source_buffer(l, q, "recurrent", KIND_RECURRENT, 0, follow=True, to_bank=~b, cur=b)
+                stmts.append(src_mode.eq(Mux(step_is_last, SRC_NONE, SRC_FOLLOW)))
+            return stmts
+
         with m.Switch(state):
             with m.Case(IDLE):
                 with m.If(self.start & (in_left == 0) & ~in_have):
@@ -565,30 +591,18 @@ class SharedCore(wiring.Component):
                 with m.If(Mux(layer == 0, in_have, src_left == 0)):
                     m.d.sync += src_mode.eq(SRC_NONE)
                     with m.If(layer == 0):
-                        m.d.sync += in_have.eq(0)
+                        m.d.sync += [in_have.eq(0), step_last.eq(in_last)]
                     start_recurrent_or_drain(layer)
             with m.Case(ACC_REC):
                 with m.If(src_left == 0):
                     m.d.sync += [src_mode.eq(SRC_NONE), state.eq(DRAIN)]
             with m.Case(DRAIN):
                 # A clear holds the lanes' sweep ports: the sweep waits for it.
-                sweep_start = [state.eq(SWEEP), sw_left.eq(layer_H[layer]), sw_base.eq(layer_base[layer]),
-                               sw_outputs.eq(layer_H[layer]), ev_ptr.eq(_event_base(layer, parity)),
-                               ev_count.eq(0)] + sweep_start_counters(neuron_base[layer])
                 ready = clr_left == 0
-                # The layer's events, as the unit writes them, fetch the rows that do not touch
-                # the bank the sweep reads: the readout's (flip-flop words) after the last layer,
-                # and with two banks the layer's recurrent rows for the next step (other bank).
-                then = ("recurrent", KIND_RECURRENT) if banks == 2 else None
                 with m.If(layer == last):
-                    drained(sweep_drain, sweep_start + source_buffer(last, parity, "readout", KIND_READOUT, 0,
-                                                                     follow=True, then=then), ready=ready)
+                    drained(sweep_drain, enter_sweep(layer, parity, bank, step_last, True), ready=ready)
                 with m.Else():
-                    if banks == 2:
-                        drained(sweep_drain, sweep_start + source_buffer(layer, parity, "recurrent", KIND_RECURRENT,
-                                                                         0, follow=True, to_bank=~bank), ready=ready)
-                    else:
-                        drained(sweep_drain, sweep_start, ready=ready)
+                    drained(sweep_drain, enter_sweep(layer, parity, bank, step_last, False), ready=ready)
             with m.Case(SWEEP):
                 with m.If((sw_left == 0) & (sw_outputs == 0) & ~ev_pending):
                     m.d.sync += counts[layer][parity].eq(ev_count)
@@ -600,10 +614,25 @@ class SharedCore(wiring.Component):
                         m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
             with m.Case(RO_DRAIN):
                 # The outputs stream while the next step runs; the step ends here.
-                drained(out_drain, [src_mode.eq(SRC_NONE), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
-                                    out_local.eq(0), state.eq(IDLE), parity.eq(~parity), fresh.eq(0),
-                                    steps.eq(steps + 1), step_cycles.eq(this_step + 1)]
-                        + ([bank.eq(~bank), in_ahead.eq(0)] if banks == 2 else []))
+                step_end = [src_mode.eq(SRC_NONE), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
+                            out_local.eq(0), state.eq(IDLE), parity.eq(~parity), fresh.eq(0),
+                            steps.eq(steps + 1), step_cycles.eq(this_step + 1)]
+                if banks == 2:
+                    step_end += [bank.eq(~bank), in_ahead.eq(0)]
+                    with m.If(~idle_dispatch):
+                        m.d.sync += drain.eq(0)
+                    with m.Elif(drain < out_drain):
+                        m.d.sync += drain.eq(drain + 1)
+                    with m.Elif(in_have):
+                        # The next step's inputs are in (taken during this sweep), and so are its
+                        # recurrent rows: its first sweep starts now (the drain covers the sweep's).
+                        m.d.sync += [drain.eq(0)] + step_end + [
+                            layer.eq(0), this_step.eq(0), in_have.eq(0), step_last.eq(in_last)]
+                        m.d.sync += enter_sweep(0, ~parity, ~bank, in_last, L == 1)
+                    with m.Else():
+                        m.d.sync += [drain.eq(0)] + step_end
+                else:
+                    drained(out_drain, step_end)
 
         # The input engine opens for a step when the sequencer waits for one, or (two banks)
         # for the next step during the last layer's sweep.

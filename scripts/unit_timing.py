@@ -6,6 +6,10 @@ output into one XOR-reduced pin. That keeps the block's own paths register to re
 is what its Fmax should measure.
 
     python scripts/unit_timing.py --unit mac_lane --family ice40 --freq 60 --seeds 1 2 --out runs/bench/unit_mac_lane_ice40.json
+
+The whole shared core for a model (``--model M --lanes P``, and its schedule):
+
+    python scripts/unit_timing.py --unit shared_core --model runs/digits_p16/model.npz --lanes 16 --banks 2 --units 2 --family ecp5 --freq 100 --out runs/bench/shared_core_ecp5_p16.json
 """
 
 from __future__ import annotations
@@ -26,7 +30,22 @@ from amaranth.lib import wiring
 from egru_accel.boards.nextpnr import parse_nextpnr_log
 
 
-def units():
+def shared_core(args):
+    """The shared core for ``args.model`` on ``args.lanes`` lanes: SB_MAC16 lanes and the update
+    unit in logic on the iCE40, fabric lanes (DSP multipliers) on the ECP5."""
+    from egru_accel.hw.shared_core import SharedCore, SharedCoreConfig
+    from egru_accel.quantize.model import QuantModel
+    from egru_accel.quantize.shared_rows import pack_shared_rows
+    if not args.model:
+        raise SystemExit("--unit shared_core needs --model")
+    image = pack_shared_rows(QuantModel.load(args.model), args.lanes)
+    ice40 = args.family == "ice40"
+    config = SharedCoreConfig(lane="sb_mac16" if ice40 else "fabric", multipliers="logic" if ice40 else "dsp",
+                              banks=args.banks, units=args.units)
+    return SharedCore(image, config)
+
+
+def units(args=None):
     """name -> (constructor, whether yosys may infer DSPs: off for blocks that instantiate them,
     since synth_ice40 -dsp rewrites SB_MAC16 instances)."""
     from egru_accel.hw.dsp_mac_lane import DSPMacLane
@@ -44,6 +63,7 @@ def units():
         "update_unit": (lambda: UpdateUnit(formats=NumberFormats(), acc_frac=18, depth=256), False),
         "update_unit_logic": (lambda: UpdateUnit(formats=NumberFormats(), acc_frac=18, depth=256,
                                                  multipliers="logic"), False),
+        "shared_core": (lambda: shared_core(args), False),
     }
 
 
@@ -90,11 +110,17 @@ def main(argv=None):
     ap.add_argument("--freq", type=float, default=60.0, help="target clock in MHz")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--model", help="shared_core: the quantized model (model.npz)")
+    ap.add_argument("--lanes", type=int, default=8, help="shared_core: lanes")
+    ap.add_argument("--banks", type=int, default=1, choices=(1, 2), help="shared_core: accumulator banks")
+    ap.add_argument("--units", type=int, default=1, help="shared_core: update units")
     args = ap.parse_args(argv)
-    make, infer_dsp = units()[args.unit]
+    make, infer_dsp = units(args)[args.unit]
     harness = Harness(make())
     text = verilog.convert(harness, name="top", ports=[harness.out], emit_src=False)
     result = {"unit": args.unit, "family": args.family, "target_mhz": args.freq, "seeds": []}
+    if args.unit == "shared_core":
+        result.update(model=args.model, lanes=args.lanes, banks=args.banks, units=args.units)
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         tmp = os.path.relpath(tmp)
         Path(tmp, "top.v").write_text(text)

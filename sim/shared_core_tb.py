@@ -73,6 +73,7 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
                         await ctx.tick()
                     ctx.set(dut.i.valid, 1)
                     ctx.set(dut.i.payload, int(x[s, t, j]))
+                    ctx.set(dut.last, int(t == T - 1))
                     await ctx.tick().until(dut.i.ready)
                 ctx.set(dut.i.valid, 0)
             while len(completed) < (s + 1) * T or ctx.get(dut.status.busy):
