@@ -27,21 +27,24 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from egru_accel.quantize.shared_rows import ACC_BITS, ACC_KINDS, SharedRowImage
+from egru_accel.quantize.shared_rows import ACC_BITS, ACC_KINDS, LaneAddressMap, SharedRowImage, unpack_weights
 
 from .construct import checked_construction
 from .dispatch import KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, EventDispatcher, EventLayout
 from .dsp_mac_lane import DSPMacLane
 from .mac_lane import MacLane
 from .pipeline import Timeline
+from .readout_engine import ReadoutEngine
 from .update_unit import MULTIPLIERS, UpdateUnit
 
-__all__ = ["SharedCore", "SharedCoreConfig", "LANE_KINDS", "STATE_NAMES"]
+__all__ = ["SharedCore", "SharedCoreConfig", "LANE_KINDS", "READOUTS", "STATE_NAMES"]
 
 #: ``"fabric"``: :class:`~hw.mac_lane.MacLane` (adds in the fabric; ECP5); ``"dsp_model"`` /
 #: ``"sb_mac16"``: :class:`~hw.dsp_mac_lane.DSPMacLane` (adds in the iCE40's SB_MAC16), as an
 #: Amaranth model or as the primitive.
 LANE_KINDS = ("fabric", "dsp_model", "sb_mac16")
+#: Where the readout's MACs are done (:class:`SharedCoreConfig`).
+READOUTS = ("lanes", "engine")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,15 +61,25 @@ class SharedCoreConfig:
         units: Update units (U). The sweep takes U neurons every ``ceil(4 / floor(P / U))``
             cycles (no lane read twice in a cycle), unit u the u-th of each group; each unit's
             events queue in a FIFO of its own on their way to the event buffer.
+        readout: ``"lanes"``: the readout's rows go through the dispatcher to the lanes' register
+            words. ``"engine"``: a :class:`~hw.readout_engine.ReadoutEngine` of
+            ``readout_macs`` multipliers takes the last layer's events from the event buffer, and
+            the lanes only the layers' rows.
         debug: Add the ``dbg`` port (every neuron update, for testbenches; one per unit).
     """
     lane: str = "fabric"
     multipliers: str = "dsp"
     banks: int = 1
     units: int = 1
+    readout: str = "lanes"
+    readout_macs: int = 4
     debug: bool = False
 
     def __post_init__(self):
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, not {self.readout!r}")
+        if not isinstance(self.readout_macs, int) or isinstance(self.readout_macs, bool) or self.readout_macs < 1:
+            raise ValueError(f"readout_macs must be a positive integer, not {self.readout_macs!r}")
         if not isinstance(self.units, int) or isinstance(self.units, bool) or self.units < 1:
             raise ValueError(f"units must be a positive integer, not {self.units!r}")
         if self.banks not in (1, 2) or isinstance(self.banks, bool):
@@ -148,11 +161,18 @@ class SharedCore(wiring.Component):
         ``floor(P / U)`` groups later, and its four reads must be over by then."""
         return -(-4 // (self.layout.lanes // self.config.units))
 
+    def _lane_map(self):
+        """The lanes' accumulator addresses: no register words when the engine does the readout."""
+        amap = self.layout.lane_address_map(self.config.banks)
+        if self.config.readout == "engine":
+            amap = LaneAddressMap(banks=amap.banks, bank_words=amap.bank_words, registers=0)
+        return amap
+
     def _lane(self):
         lay, kind = self.layout, self.config.lane
         # The readout's words are flip-flops: its rows accumulate while the last layer's sweep
         # holds the block RAM's ports, and its outputs are read while the next step's rows run.
-        amap = lay.lane_address_map(self.config.banks)
+        amap = self._lane_map()
         words = dict(depth=amap.depth, registers=amap.registers, banks=amap.banks)
         if kind == "fabric":
             return MacLane(acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits, value_bits=VALUE_BITS,
@@ -185,6 +205,11 @@ class SharedCore(wiring.Component):
             m.submodules["unit" if U == 1 else f"unit{u}"] = unit
             units.append(unit)
         lane_latency = lanes[0].LATENCY
+        engine = None
+        if self.config.readout == "engine":
+            m.submodules.readout = engine = ReadoutEngine(weights=unpack_weights(img)[-1],
+                                                          weight_bits=lay.formats.weight_bits,
+                                                          macs=self.config.readout_macs, value_bits=VALUE_BITS)
         self.lane_busy = dispatch.lanes[0].valid    # for testbenches: cycles the lanes take entries
 
         # -- memories of the core: events, biases, thresholds ------------------------------------
@@ -410,7 +435,10 @@ class SharedCore(wiring.Component):
         m.d.sync += out_bias.eq(ro_bias_rd.data)
         out_sum = Signal(signed(ACC_BITS))
         out_acc = Signal(signed(ACC_BITS))
-        m.d.comb += out_acc.eq(Array(lane.take_data for lane in lanes)[out_lanes[1]])
+        if engine is None:
+            m.d.comb += out_acc.eq(Array(lane.take_data for lane in lanes)[out_lanes[1]])
+        else:
+            m.d.comb += [out_acc.eq(engine.take_data), engine.take_en.eq(out_issue), engine.take_index.eq(out_o)]
         m.d.comb += out_sum.eq(out_acc + out_bias)
         m.d.comb += [oq.w_en.eq(out_v[2]), oq.w_data.eq(out_sum)]
         # bias: read with the issue (cycle 0), data in 1, registered in 2 = the lane's data.
@@ -430,7 +458,8 @@ class SharedCore(wiring.Component):
             addr = Signal(range(amap.depth), name=f"lane{p}_sweep_addr")
             hits = [(st.valid & (st.lane == p), st.addr + k) for su in stages for k, st in enumerate(su)]
             hits.append((clr_active, clr_addr))
-            m.d.comb += [lane.take_en.eq(out_issue & (out_lane == p)), lane.take_index.eq(out_local)]
+            if engine is None:
+                m.d.comb += [lane.take_en.eq(out_issue & (out_lane == p)), lane.take_index.eq(out_local)]
             m.d.comb += en.eq(0)
             for hit, a in hits:
                 with m.If(hit):
@@ -521,7 +550,28 @@ class SharedCore(wiring.Component):
 
         # -- the sequencer ----------------------------------------------------------------------------
         idle_dispatch = Signal()
-        m.d.comb += idle_dispatch.eq(~src_busy & ~dispatch.busy)
+        # ro_: with the engine, the last layer's events from the event buffer to it, behind the
+        # unit's write pointer (a read port of their own), while the step before's outputs are out.
+        ro_active = Signal()
+        ro_pending = Const(0)
+        if engine is not None:
+            ro_rd = events.read_port()
+            ro_addr = Signal(range(lay.event_depth))
+            ro1_valid = Signal()
+            m.submodules.ro_queue = ro_queue = SyncFIFOBuffered(width=ev_word.width, depth=4)
+            ro_take = Signal()
+            m.d.comb += [ro_take.eq(ro_active & (ro_addr != ev_ptr) & ~out_busy & (ro_queue.level + ro1_valid < 4)),
+                         ro_rd.addr.eq(ro_addr), ro_rd.en.eq(1)]
+            with m.If(ro_take):
+                m.d.sync += ro_addr.eq(ro_addr + 1)
+            m.d.sync += ro1_valid.eq(ro_take)
+            m.d.comb += [ro_queue.w_data.eq(ro_rd.data), ro_queue.w_en.eq(ro1_valid)]
+            ro_event = Signal(ev_word.struct_layout())
+            m.d.comb += [ro_event.eq(ro_queue.r_data), engine.i.valid.eq(ro_queue.r_rdy),
+                         engine.i.payload.neuron.eq(ro_event.neuron - lay.neuron_base[L - 1]),
+                         engine.i.payload.value.eq(ro_event.value), ro_queue.r_en.eq(engine.i.ready)]
+            ro_pending = (ro_active & (ro_addr != ev_ptr)) | ro1_valid | ro_queue.r_rdy | (ro_queue.level != 0) | engine.busy
+        m.d.comb += idle_dispatch.eq(~src_busy & ~dispatch.busy & ~ro_pending)
         layer_H = Array(Const(H) for H in lay.hidden)
         layer_base = Array(Const(b) for b in lay.acc_base)
         neuron_base = Array(Const(b) for b in lay.neuron_base)
@@ -563,7 +613,13 @@ class SharedCore(wiring.Component):
             step (other bank), unless the step is its sequence's last."""
             stmts = [state.eq(SWEEP), sw_left.eq(layer_H[l]), sw_base.eq(layer_base[l]), sw_outputs.eq(layer_H[l]),
                      ev_ptr.eq(_event_base(l, q)), ev_count.eq(0)] + sweep_start_counters(neuron_base[l])
-            if top:
+            if top and engine is not None:
+                # The engine follows the events; the source only the recurrent rows.
+                stmts += [ro_active.eq(1), ro_addr.eq(_event_base(l, q))]
+                if banks == 2:
+                    stmts += source_buffer(l, q, "recurrent", KIND_RECURRENT, 0, follow=True, to_bank=~b, cur=b)
+                    stmts.append(src_mode.eq(Mux(step_is_last, SRC_NONE, SRC_FOLLOW)))
+            elif top:
                 then = ("recurrent", KIND_RECURRENT) if banks == 2 else None
                 stmts += source_buffer(l, q, "readout", KIND_READOUT, 0, follow=True, then=then, cur=b)
                 if banks == 2:
@@ -614,7 +670,7 @@ class SharedCore(wiring.Component):
                         m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
             with m.Case(RO_DRAIN):
                 # The outputs stream while the next step runs; the step ends here.
-                step_end = [src_mode.eq(SRC_NONE), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
+                step_end = [src_mode.eq(SRC_NONE), ro_active.eq(0), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
                             out_local.eq(0), state.eq(IDLE), parity.eq(~parity), fresh.eq(0),
                             steps.eq(steps + 1), step_cycles.eq(this_step + 1)]
                 if banks == 2:

@@ -33,6 +33,8 @@ def main(argv=None):
     ap.add_argument("--dense", action="store_true")
     ap.add_argument("--banks", type=int, default=1, choices=(1, 2))
     ap.add_argument("--units", type=int, default=1)
+    ap.add_argument("--readout", default="lanes", choices=("lanes", "engine"))
+    ap.add_argument("--readout-macs", type=int, default=4)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     model = QuantModel.load(a.model)
@@ -41,7 +43,8 @@ def main(argv=None):
     x = golden.quantize_input(model, task.x_test[:, :a.sequences].transpose(1, 0, 2))   # [S, T, I]
     image = pack_shared_rows(model, a.lanes, dense=a.dense)
     t0 = time.time()
-    rec = run_shared_core(image, x, config=SharedCoreConfig(debug=True, lane=a.lane, banks=a.banks, units=a.units))
+    rec = run_shared_core(image, x, config=SharedCoreConfig(debug=True, lane=a.lane, banks=a.banks, units=a.units,
+                                                              readout=a.readout, readout_macs=a.readout_macs))
     wall = time.time() - t0
     diffs = compare_with_golden(model, image, x, rec)
     trace = golden.run(model, np.transpose(x, (1, 0, 2)))
@@ -49,7 +52,8 @@ def main(argv=None):
     H = sum(model.hidden_sizes)
     ideal = eff / a.lanes + H / a.lanes
     cycles = np.array(rec.step_cycles, dtype=np.int64).T            # [T, S]
-    out = {"model": a.model, "lanes": a.lanes, "lane": a.lane, "banks": a.banks, "units": a.units, "dense": a.dense, "sequences": a.sequences,
+    out = {"model": a.model, "lanes": a.lanes, "lane": a.lane, "banks": a.banks, "units": a.units, "readout": a.readout,
+           "readout_macs": a.readout_macs if a.readout == "engine" else None, "dense": a.dense, "sequences": a.sequences,
            "steps": int(cycles.size), "mismatches": len(diffs), "first_mismatch": diffs[0] if diffs else None,
            "cycles_per_step_mean": float(cycles.mean()), "ideal_per_step_mean": float(ideal.mean()),
            "ratio_to_ideal": float(cycles.mean() / ideal.mean()),

@@ -8,7 +8,7 @@ from egru_accel.quantize.random_model import random_inputs, random_model
 from egru_accel.quantize.shared_rows import pack_shared_rows
 from egru_accel.sim.shared_core_tb import compare_with_golden, run_shared_core
 
-# (lanes, hidden sizes, lane kind, update multipliers, dense baseline, threshold mode, banks[, units])
+# (lanes, hidden sizes, lane kind, update multipliers, dense baseline, threshold mode, banks[, units[, readout]])
 CASES = [
     (1, [5], "fabric", "dsp", False, "mixed", 1),
     (2, [7, 4], "dsp_model", "dsp", False, "random", 1),
@@ -25,20 +25,23 @@ CASES = [
     (8, [17], "dsp_model", "dsp", False, "fire", 2, 2),
     (5, [11, 7], "fabric", "dsp", True, "mixed", 2, 2),
     (6, [9, 8], "dsp_model", "logic", False, "random", 1, 3),
+    (8, [17], "fabric", "dsp", False, "mixed", 2, 2, "engine"),
+    (3, [9, 6], "dsp_model", "dsp", True, "random", 2, 1, "engine"),
+    (4, [7], "fabric", "logic", False, "fire", 1, 1, "engine"),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_shared_core_is_bit_exact_with_the_golden_model(case):
-    lanes, hidden, lane, multipliers, dense, mode, banks, *units = CASES[case]
-    units = units[0] if units else 1
+    lanes, hidden, lane, multipliers, dense, mode, banks, *extra = CASES[case]
+    units, readout = (list(extra) + [1, "lanes"][len(extra):])[:2]
     model = random_model(inputs=5, hidden=hidden, outputs=3, weight_sparsity=0.5, seed=10 + case,
                          threshold_mode=mode)
     # Three sequences: with two banks, each new sequence clears the bank the last one left rows in.
     x = np.asarray(random_inputs(model, steps=5, sequences=3 if banks == 2 else 2, seed=case))
     image = pack_shared_rows(model, lanes, dense=dense)
     rec = run_shared_core(image, x, config=SharedCoreConfig(debug=True, lane=lane, multipliers=multipliers,
-                                                            banks=banks, units=units),
+                                                            banks=banks, units=units, readout=readout),
                           stall_probability=0.2, seed=case)
     assert compare_with_golden(model, image, x, rec) == []
     fired = sum(u[2] for seq in rec.updates for step in seq for u in step)
@@ -70,6 +73,8 @@ def test_the_sparse_core_skips_what_the_dense_baseline_computes():
     (dict(debug=1), TypeError, "debug must be True or False, not 1"),
     (dict(banks=3), ValueError, "banks must be 1 or 2, not 3"),
     (dict(units=0), ValueError, "units must be a positive integer, not 0"),
+    (dict(readout="dsp"), ValueError, "readout must be one of lanes, engine, not 'dsp'"),
+    (dict(readout_macs=0), ValueError, "readout_macs must be a positive integer, not 0"),
 ])
 def test_config_arguments_are_checked(kwargs, error, message):
     with pytest.raises(error, match="^" + message + "$"):
