@@ -268,7 +268,7 @@ class SharedCore(wiring.Component):
         src_mode = Signal(2)
         src_left = Signal(range(max(lay.input_size, max(lay.hidden)) + 1))
         src_elem = Signal(range(lay.input_size + 1))
-        src_addr = Signal(range(lay.event_depth))
+        src_addr = Signal(range(lay.event_depth + 1))   # as wide as ev_ptr, which reaches the end
         # What a buffered event becomes: its row (neuron + offset), kind, target layer and bank;
         # ``zero``: its value counts as 0 (dense baseline, first step). With ``src_pair`` every
         # event makes two, the rows of src_a then those of src_b.
@@ -556,7 +556,7 @@ class SharedCore(wiring.Component):
         ro_pending = Const(0)
         if engine is not None:
             ro_rd = events.read_port()
-            ro_addr = Signal(range(lay.event_depth))
+            ro_addr = Signal(range(lay.event_depth + 1))
             ro1_valid = Signal()
             m.submodules.ro_queue = ro_queue = SyncFIFOBuffered(width=ev_word.width, depth=4)
             ro_take = Signal()

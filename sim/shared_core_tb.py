@@ -116,7 +116,17 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
             rec.outputs.append(out)
         ctx.set(dut.o.ready, 0)
 
+    # A step takes at most every entry and every neuron a few times over: a core that hangs
+    # fails here instead of running forever.
+    budget = S * T * (4 * (lay.entries + lay.rows + lay.neurons) + 1000) + 10_000
+
+    async def watchdog(ctx):
+        for _ in range(budget):
+            await ctx.tick()
+        raise AssertionError(f"the core did not finish {S} x {T} steps in {budget} cycles")
+
     sim = Simulator(dut)
+    sim.add_testbench(watchdog, background=True)
     sim.add_clock(1e-6)
     sim.add_testbench(source, background=True)
     sim.add_testbench(monitor, background=True)

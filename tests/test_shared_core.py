@@ -89,3 +89,17 @@ def test_core_arguments_are_checked():
         SharedCore(pack_shared_rows(model, 2), {})
     with pytest.raises(ValueError, match=r"^units \(3\) must not exceed the lanes \(2\)$"):
         SharedCore(pack_shared_rows(model, 2), SharedCoreConfig(units=3))
+
+
+@pytest.mark.parametrize("hidden,lanes,dense,mode,banks,readout", [
+    ([1], 1, True, "mixed", 1, "lanes"), ([8], 2, True, "mixed", 2, "lanes"), ([8], 4, False, "fire", 1, "engine"),
+    ([4, 4], 3, False, "fire", 2, "lanes")])
+def test_events_filling_the_buffer_to_its_end(hidden, lanes, dense, mode, banks, readout):
+    # The last layer's half of the event buffer full up to the buffer's last word (2 x neurons a
+    # power of two, every neuron firing): the source's address must reach the end as the unit's
+    # write pointer does, or the follow never ends.
+    model = random_model(inputs=2, hidden=hidden, outputs=2, weight_sparsity=0.0, seed=28, threshold_mode=mode)
+    x = np.asarray(random_inputs(model, steps=3, sequences=1, seed=0))
+    image = pack_shared_rows(model, lanes, dense=dense)
+    rec = run_shared_core(image, x, config=SharedCoreConfig(debug=True, banks=banks, readout=readout))
+    assert compare_with_golden(model, image, x, rec) == []
