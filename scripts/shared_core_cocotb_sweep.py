@@ -116,6 +116,8 @@ def main(argv=None) -> int:
                          "default: the configuration's default")
     ap.add_argument("--units", type=int, default=None,
                     help="SharedCoreConfig.units (cores that have it; models with fewer lanes are skipped)")
+    ap.add_argument("--readout", choices=("lanes", "engine"), default=None,
+                    help="SharedCoreConfig.readout: the readout's MACs on the lanes or on an engine of its own")
     ap.add_argument("--simulator", choices=SIMULATORS, required=True)
     ap.add_argument("--stall", type=float, default=0.3, help="idle / back-pressure probability")
     ap.add_argument("--amaranth-cycles", action="store_true",
@@ -134,6 +136,8 @@ def main(argv=None) -> int:
         extra = {} if a.banks is None else {"banks": banks if a.banks == "random" else int(a.banks)}
         if a.units is not None:
             extra["units"] = a.units
+        if a.readout is not None:
+            extra["readout"] = a.readout
         return SharedCoreConfig(lane=lane, multipliers=multipliers, debug=True, **extra)
     build_root = Path(a.build_dir or f"runs/shared_core_cocotb_sweep/{a.simulator}")
     t_start = time.monotonic()
