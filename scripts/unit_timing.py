@@ -100,9 +100,10 @@ def module_cells(stat: str) -> dict:
     submodules' not included)."""
     modules, current = {}, None
     for line in stat.splitlines():
-        m = re.match(r"^=== (\S+) ===", line)
+        m = re.match(r"^=== (.+?) ===", line)
         if m:
-            current = modules.setdefault(m.group(1), {})
+            # The last section sums the hierarchy: "design hierarchy", not a module.
+            current = None if " " in m.group(1) else modules.setdefault(m.group(1), {})
             continue
         m = re.match(r"^\s+(\d+)\s+(?:\S+\s+)?(SB_\w+|TRELLIS_\w+|LUT4|MULT18X18D|DP16KD|CCU2C|DPR16X4|\$?\w+)\s*$", line)
         if current is not None and m and not m.group(2).startswith("$"):
