@@ -179,7 +179,9 @@ def _versions() -> dict:
 
 class _Progress:
     """Default progress display: one line rewritten in place on a terminal, otherwise a
-    line per stage and every 30 s."""
+    line per stage and every ``REPEAT_SECONDS``."""
+
+    REPEAT_SECONDS = 30.0
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
@@ -200,7 +202,7 @@ class _Progress:
             return
         stage = message.split("]")[0]
         now = time.monotonic()
-        if stage != self.last_stage or now - self.last_print >= 30 or message.endswith("done"):
+        if stage != self.last_stage or now - self.last_print >= self.REPEAT_SECONDS or message.endswith("done"):
             print(message, file=self.stream, flush=True)
             self.last_stage, self.last_print = stage, now
 

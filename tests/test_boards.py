@@ -390,6 +390,12 @@ def test_cli_errors_leave_no_directory(tmp_path, capsys, tiny_model_path, big_mo
 @needs_yowasp
 def test_build_tiny_model_on_icebreaker(tmp_path, capsys, tiny_model_path, monkeypatch):
     monkeypatch.setenv("EGRU_ACCEL_BUILD_CACHE", str(tmp_path / "cache"))
+    # A progress line every second: off a terminal the display repeats a stage's line every
+    # 30 s, and on an idle machine the tiny design's place and route is over sooner, so
+    # nextpnr's own phases would show only when the machine is slow.
+    import egru_accel.boards.build as build_module
+    monkeypatch.setattr(build_module, "PROGRESS_INTERVAL", 1.0)
+    monkeypatch.setattr(build_module._Progress, "REPEAT_SECONDS", 0.0)
     out = tmp_path / "ice"
     code, stdout, err = run_cli(["build", "--board", "icebreaker", "--model", str(tiny_model_path),
                                  "--seeds", "2", "--out", str(out)], capsys)
