@@ -1,20 +1,24 @@
-"""Core v2: P MAC lanes, one row table and one neuron-update unit shared by all lanes.
+"""Core v2: P MAC lanes, one row table and U neuron-update units shared by all lanes.
 
-docs/core-v2.md records why. A step runs, per layer: the events of the layer's input (the
-``i`` stream for layer 0, the events of the layer below) and the layer's own events of the
-step before go through the dispatcher (:mod:`~egru_accel.hw.dispatch`), every lane taking one
-entry per cycle; after a drain, the sweep reads each neuron's four accumulators (z, r, ag, hg)
-from its lane, clears them, adds the biases and feeds the update unit
-(:mod:`~egru_accel.hw.update_unit`) one neuron per cycle; the unit's events are written to the
-layer's event buffer as they come out. After the last layer, the readout rows of its events
-accumulate in the lanes, and the outputs stream out on ``o``.
+docs/core-v2.md records why and what each schedule measures. Per layer, the events of the
+layer's input (the ``i`` stream for layer 0, the events of the layer below) and the layer's own
+events of the step before go through the dispatcher (:mod:`~egru_accel.hw.dispatch`), every
+lane taking one entry per cycle; after a drain, the sweep reads each neuron's four accumulators
+(z, r, ag, hg) from its lane, clears them, adds the biases and feeds an update unit
+(:mod:`~egru_accel.hw.update_unit`); the units' events are written to the layer's event buffer
+as they come out. The source follows that buffer behind the write pointer, so the events fetch
+rows while the sweep goes on: the readout's (into the lanes' register words, or into a
+:class:`~hw.readout_engine.ReadoutEngine`), and with two banks the layer's recurrent rows for
+the next step (into the other bank), while the next step's inputs are taken. The outputs
+stream out on ``o`` while the next step runs.
 
-Stage prefixes: ``src_`` event source, ``sw_`` sweep (``sw{k}_`` its gate-k read), ``out_``
-output reads. Every memory output lands in a register before logic uses it.
+Stage prefixes: ``src_`` event source, ``in_`` inputs, ``sw_`` sweep (``sw{k}_`` its gate-k
+read), ``clr_`` bank clear, ``ro_`` events to the readout engine, ``out_`` output reads. Every
+memory output lands in a register before logic uses it.
 
-The sweep reads gate k of neuron n in cycle ``n * spacing + k`` from lane ``n % P``
-(``spacing = ceil(4 / P)``, so no lane is read twice in a cycle); each gate's word then waits
-as long as the update unit's ``offsets`` ask.
+The sweep reads gate k of the u-th neuron of group j in cycle ``j * spacing + k`` from that
+neuron's lane (``spacing = ceil(4 / floor(P / U))``, so no lane is read twice in a cycle); each
+gate's word then waits as long as the update unit's ``offsets`` ask.
 """
 
 from __future__ import annotations
@@ -205,12 +209,12 @@ class SharedCore(wiring.Component):
             m.submodules["unit" if U == 1 else f"unit{u}"] = unit
             units.append(unit)
         lane_latency = lanes[0].LATENCY
+        self.lanes_busy = dispatch.lanes[0].valid   # for testbenches: the cycles the lanes take entries
         engine = None
         if self.config.readout == "engine":
             m.submodules.readout = engine = ReadoutEngine(weights=unpack_weights(img)[-1],
                                                           weight_bits=lay.formats.weight_bits,
                                                           macs=self.config.readout_macs, value_bits=VALUE_BITS)
-        self.lane_busy = dispatch.lanes[0].valid    # for testbenches: cycles the lanes take entries
 
         # -- memories of the core: events, biases, thresholds ------------------------------------
         m.submodules.events = events = Memory(shape=ev_word.width, depth=lay.event_depth, init=[])

@@ -59,6 +59,7 @@ def main(argv=None):
            "ratio_to_ideal": float(cycles.mean() / ideal.mean()),
            "dense_macs_per_step": int(trace.dense_macs.sum()),
            "effective_macs_per_step_mean": float(eff.mean()), "padding_entries": image.padding,
+           "lanes_busy_per_step": round(rec.lanes_busy_cycles / cycles.size, 1),
            "state_cycles_per_step": {k: round(v / cycles.size, 1) for k, v in rec.state_cycles.items()
                                      if k not in ("load", "idle")},
            "step_cycles": cycles.T.tolist(), "simulation_seconds": round(wall, 1)}

@@ -129,28 +129,11 @@ class CoreTestbench(TestbenchBase):
                     f"a step did not finish within {self.step_cycle_limit} cycles (cycle {self.cycle}, "
                     f"{self.sink.count if self.sink else 0} outputs received in total)")
 
-    async def wait_idle(self) -> None:
-        """Return right after the rising edge that follows a cycle with ``status__busy`` low."""
-        edge = RisingEdge(self.clk)
-        for _ in range(self.step_cycle_limit):
-            await edge
-            await ReadOnly()
-            if self.dut.status__busy.value == 0:
-                await edge
-                return
-        raise AssertionError(f"status.busy stayed high for {self.step_cycle_limit} cycles")
-
-    async def pulse_start(self) -> None:
-        """Drive ``ctl__start`` high for exactly one rising edge (call right after an edge)."""
-        self.dut.ctl__start.value = 1
-        await RisingEdge(self.clk)
-        self.dut.ctl__start.value = 0
-
     async def run_sequence(self, sequence: list[list[int]], outputs: int) -> dict:
         """Start a new sequence and run its steps; returns outputs, updates and step cycles."""
         dut = self.dut
-        await self.wait_idle()
-        await self.pulse_start()
+        await self.wait_low(dut.status__busy, self.step_cycle_limit, "status.busy")
+        await self.pulse(dut.ctl__start)
         updates: list[list[int]] = []
         self.updates = updates
         mask = (1 << self.in_bits) - 1

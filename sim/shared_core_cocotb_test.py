@@ -170,28 +170,11 @@ class SharedCoreTestbench(TestbenchBase):
                 raise AssertionError(self.failure)
             last = now
 
-    async def wait_idle(self) -> None:
-        """Return right after the rising edge that follows a cycle with ``status__busy`` low."""
-        edge = RisingEdge(self.clk)
-        for _ in range(self.step_cycle_limit):
-            await edge
-            await ReadOnly()
-            if self.dut.status__busy.value == 0:
-                await edge
-                return
-        raise AssertionError(f"status.busy stayed high for {self.step_cycle_limit} cycles")
-
-    async def pulse_start(self) -> None:
-        """Drive ``start`` high for exactly one rising edge (call right after an edge)."""
-        self.dut.start.value = 1
-        await RisingEdge(self.clk)
-        self.dut.start.value = 0
-
     async def run_sequence(self, sequence: list[list[int]], outputs: int) -> dict:
         """Start a new sequence and run its steps; its outputs, updates per step and step cycles."""
         dut = self.dut
-        await self.wait_idle()
-        await self.pulse_start()
+        await self.wait_low(dut.status__busy, self.step_cycle_limit, "status.busy")
+        await self.pulse(dut.start)
         self.updates, self.step_cycles = [], []
         mask = self.in_mask
         for step in sequence:
@@ -208,7 +191,7 @@ class SharedCoreTestbench(TestbenchBase):
             outs.append(row)
         # The last step has ended once the core is idle again (its last output may have left the
         # output queue before that).
-        await self.wait_idle()
+        await self.wait_low(dut.status__busy, self.step_cycle_limit, "status.busy")
         await ReadOnly()
         self.deadline = None
         steps = int(dut.status__steps.value)

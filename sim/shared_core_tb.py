@@ -25,11 +25,13 @@ __all__ = ["SharedCoreRecord", "run_shared_core", "compare_with_golden"]
 class SharedCoreRecord:
     """What the core did: ``outputs[s]`` [T, O] per sequence; ``updates[s][t]``: (global neuron,
     candidate, fire, y) in the order the unit produced them; ``step_cycles[s]`` [T];
-    ``state_cycles``: cycles spent in each sequencer state (``STATE_NAMES``) over the run."""
+    ``state_cycles``: cycles spent in each sequencer state (``STATE_NAMES``) over the run;
+    ``lanes_busy_cycles``: cycles in which the lanes took entries."""
     outputs: list = field(default_factory=list)
     updates: list = field(default_factory=list)
     step_cycles: list = field(default_factory=list)
     state_cycles: dict = field(default_factory=dict)
+    lanes_busy_cycles: int = 0
 
 
 def _pauses(rng, probability):
@@ -88,12 +90,13 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
     async def monitor(ctx):
         steps_before = 0
         async for _, _, *values in ctx.tick().sample(dut.sequencer_state, dut.status.steps, dut.status.step_cycles,
-                                                      *probes):
-            state, steps, step_cycles = values[:3]
+                                                      dut.lanes_busy, *probes):
+            state, steps, step_cycles, lanes_busy = values[:4]
             state_counts[int(state)] += 1
+            rec.lanes_busy_cycles += int(lanes_busy)
             # Unit u takes the u-th neuron of each group: within a cycle, units in order.
             for u in range(U):
-                valid, neuron, cand, fire, y = values[3 + 5 * u:8 + 5 * u]
+                valid, neuron, cand, fire, y = values[4 + 5 * u:9 + 5 * u]
                 if valid:
                     updates.append((int(neuron), int(cand), int(fire), int(y)))
             if int(steps) != steps_before:

@@ -320,6 +320,24 @@ class TestbenchBase:
         if self.rst is not None:
             self.rst.value = 0
 
+    async def wait_low(self, signal: Any, limit: int, what: str) -> None:
+        """Return right after the rising edge that follows a cycle with ``signal`` low; fail
+        after ``limit`` cycles with ``what`` (for example ``"status.busy"``) in the message."""
+        edge = RisingEdge(self.clk)
+        for _ in range(limit):
+            await edge
+            await ReadOnly()
+            if signal.value == 0:
+                await edge
+                return
+        raise AssertionError(f"{what} stayed high for {limit} cycles")
+
+    async def pulse(self, signal: Any) -> None:
+        """Drive ``signal`` high for exactly one rising edge (call right after an edge)."""
+        signal.value = 1
+        await RisingEdge(self.clk)
+        signal.value = 0
+
     async def cycles(self, n: int) -> None:
         """Wait for *n* rising edges of the clock."""
         edge = RisingEdge(self.clk)

@@ -25,6 +25,28 @@ async def load(ctx, unit, *, theta=(), c=()):
 KINDS = ("z", "r", "ag", "hg")
 
 
+def run_neurons(unit, slots, theta, c, rng, offsets=None) -> dict:
+    """Load ``theta`` and ``c``, drive ``slots`` (as :func:`drive`), and return neuron ->
+    (candidate, fire, y) once every driven neuron has come out."""
+    n = sum(slot is not None for slot in slots)
+    got = {}
+
+    async def feed(ctx):
+        await load(ctx, unit, theta=theta, c=c)
+        await drive(ctx, unit, slots, rng, offsets)
+
+    async def collect(ctx):
+        async for _, _, valid, neuron, cand, fire, y in ctx.tick().sample(
+                unit.o_valid, unit.o_neuron, unit.o_candidate, unit.o_fire, unit.o_y):
+            if valid:
+                got[int(neuron)] = (int(cand), int(fire), int(y))
+                if len(got) == n:
+                    return
+
+    simulate(unit, collect, feed)
+    return got
+
+
 async def drive(ctx, unit, slots, rng, offsets=None):
     """Drive one slot per cycle: ``None`` (idle) or ``(neuron, acc)`` with ``acc[gate]`` its
     accumulators. ``i_valid`` and ``i_neuron`` are set in the slot's cycle and each ``i_acc_<gate>``
@@ -158,21 +180,7 @@ def test_update_unit_at_the_arithmetic_corners(multipliers):
     # ag and hg are taken in the cycles they are used in, so they do not ride the pipeline.
     assert unit.offsets == {"dsp": {"z": 0, "r": 0, "ag": 6, "hg": 3},
                             "logic": {"z": 0, "r": 0, "ag": 4, "hg": 4}}[multipliers]
-    got = {}
-
-    async def feed(ctx):
-        await load(ctx, unit, theta=theta, c=c)
-        await drive(ctx, unit, [(k, {g: acc[g][k] for g in KINDS}) for k in range(n)], rng)
-
-    async def collect(ctx):
-        async for _, _, valid, neuron, cand, fire, y in ctx.tick().sample(
-                unit.o_valid, unit.o_neuron, unit.o_candidate, unit.o_fire, unit.o_y):
-            if valid:
-                got[int(neuron)] = (int(cand), int(fire), int(y))
-                if len(got) == n:
-                    return
-
-    simulate(unit, collect, feed)
+    got = run_neurons(unit, [(k, {g: acc[g][k] for g in KINDS}) for k in range(n)], theta, c, rng)
     for k in range(n):
         assert got[k] == (int(want["candidate"][k]), int(want["fire"][k]), int(want["y"][k])), k
 
@@ -193,22 +201,7 @@ def test_update_unit_takes_each_accumulator_at_its_offset_only(multipliers):
     slots = [(k, {g: acc[g][k] for g in KINDS}) for k in range(n)]
 
     def outputs(offsets):
-        got = {}
-
-        async def feed(ctx):
-            await load(ctx, unit, theta=theta, c=c)
-            await drive(ctx, unit, slots, rng, offsets)
-
-        async def collect(ctx):
-            async for _, _, valid, neuron, cand, fire, y in ctx.tick().sample(
-                    unit.o_valid, unit.o_neuron, unit.o_candidate, unit.o_fire, unit.o_y):
-                if valid:
-                    got[int(neuron)] = (int(cand), int(fire), int(y))
-                    if len(got) == n:
-                        return
-
-        simulate(unit, collect, feed)
-        return got
+        return run_neurons(unit, slots, theta, c, rng, offsets)
 
     assert outputs(unit.offsets) == want
     for g in KINDS:
