@@ -42,22 +42,24 @@ class DSPMacLane(wiring.Component):
     """``depth`` 32-bit accumulators; ``acc[addr] += (weight << align) * value`` per cycle.
 
     ``weight << align`` and ``value`` are 16-bit signed (the SB_MAC16's operands). The sweep
-    port works as :class:`~hw.mac_lane.MacLane`'s (read data two cycles after the address), and
-    the sweep must keep ``LATENCY`` cycles away from entries, both ways, on the block RAM's
-    addresses. The last ``registers`` addresses are flip-flops, as in MacLane: entries and
-    sweep accesses on them use no block-RAM port; with ``banks=2``, an entry in one bank and a
-    sweep access in the other use different block RAMs.
+    port works as :class:`~hw.mac_lane.MacLane`'s (read data two cycles after the address, 0
+    after a cycle without a read), and the sweep must keep ``LATENCY`` cycles away from
+    entries, both ways, on the block RAM's addresses. The last ``registers`` addresses are
+    flip-flops, as in MacLane: entries and sweep accesses on them use no block-RAM port; with
+    ``banks=2``, an entry in one bank and a sweep access in the other use different block RAMs.
+    ``sweep_registers=False``: the sweep port addresses block-RAM words only (the register
+    words leave through the take port), which saves the register words' sweep muxes.
     """
 
     LATENCY = 5     # an entry on i_* in cycle t is readable through sweep_rd from cycle t + 5
 
     def __init__(self, *, depth: int, weight_bits: int = 8, max_align: int = 8, dsp: str = "model",
-                 registers: int = 0, banks: int = 1):
+                 registers: int = 0, banks: int = 1, sweep_registers: bool = True):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
                                  operand_bits=16, operand="the 16-bit DSP operand", registers=registers,
-                                 banks=banks)
-            self.registers, self.banks = registers, banks
+                                 banks=banks, sweep_registers=sweep_registers)
+            self.registers, self.banks, self.sweep_registers = registers, banks, sweep_registers
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
             if dsp not in DSP_KINDS:
                 raise ValueError(f"dsp must be one of {', '.join(DSP_KINDS)}, not {dsp!r}")
@@ -103,7 +105,7 @@ class DSPMacLane(wiring.Component):
         addr_shape = self.i_addr.shape()
         acc = signed(32)
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
-                                    banks=self.banks)
+                                    banks=self.banks, sweep_registers=self.sweep_registers)
 
         operand = Signal(signed(16))
         m.d.comb += operand.eq(self.i_weight << self.i_align)

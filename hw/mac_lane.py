@@ -13,7 +13,8 @@ Pipeline (stage prefixes in signal names)::
     a1  product (DSP pipeline register); the memory's read data; hazard compares
     a2  product (DSP output register); read data registered; sum = acc + product; write
 
-The sweep port reads a word (``sweep_rd_*``, data two cycles later on ``sweep_rd_data``) and
+The sweep port reads a word (``sweep_rd_*``, data two cycles later on ``sweep_rd_data``, which
+is 0 two cycles after a cycle without a sweep read, so that a core may OR lanes' words) and
 writes a word (``sweep_wr_*``, for example the next step's initial value). The caller keeps the
 sweep off the cycles that carry entries (entries at a0 for reads, at a2 for writes); a
 sweep write counts as a write for forwarding, so entries may follow it at once.
@@ -40,7 +41,7 @@ def _positive(name, value, low=1):
 
 
 def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, operand: str, registers: int = 0,
-                         banks: int = 1):
+                         banks: int = 1, sweep_registers: bool = True):
     """The checks every lane shares: ``depth`` accumulators (at least 2), ``weight_bits`` and the
     alignment, with ``weight << align`` fitting ``operand`` (``operand_bits`` wide), fewer
     ``registers`` than ``depth``, and 1 or 2 ``banks`` (two of a power-of-two size each)."""
@@ -52,6 +53,8 @@ def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, op
         raise ValueError(f"registers must be fewer than depth ({depth}), not {registers}")
     if banks not in (1, 2) or isinstance(banks, bool):
         raise ValueError(f"banks must be 1 or 2, not {banks!r}")
+    if not isinstance(sweep_registers, bool):
+        raise TypeError(f"sweep_registers must be True or False, not {sweep_registers!r}")
     ram = depth - registers
     if banks == 2 and (ram % 2 or ram // 2 < 2 or (ram // 2) & (ram // 2 - 1)):
         raise ValueError(f"two banks need depth - registers to be twice a power of two (at least 4), not {ram}")
@@ -86,8 +89,12 @@ class RegisterAccumulators:
     of that cycle not seen), so a lane's forwarding covers them all.
     """
 
-    def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1):
+    def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1,
+                 sweep_registers: bool = True):
         self.m, self.shape = m, shape
+        # False: the sweep port never addresses a register word (a core whose readout leaves
+        # through the take port), which saves its muxes on every register word.
+        self.sweep_registers = sweep_registers
         self.base = depth - registers                 # the first register address
         self.banks = banks
         bank_words = self.base // banks
@@ -150,27 +157,35 @@ class RegisterAccumulators:
         e_bank, s_bank = Signal(range(max(2, self.banks))), Signal(range(max(2, self.banks)))
         m.d.sync += [e_bank.eq(self._bank(entry_addr)), s_bank.eq(self._bank(sweep_addr))]
         e_ram, s_ram = self._ram_data(e_bank), self._ram_data(s_bank)
+        # sweep_data is 0 unless the sweep read two cycles before: the lanes' words can then be
+        # ORed together instead of muxed (a flip-flop's synchronous reset, no logic).
+        s_en = Signal()
+        m.d.sync += s_en.eq(sweep_en)
         entry_data = Signal(self.shape)
         if not self.words:
             m.d.comb += entry_data.eq(e_ram)
-            m.d.sync += self.sweep_data.eq(s_ram)
+            m.d.sync += self.sweep_data.eq(Mux(s_en, s_ram, 0))
             return entry_data
         e_reg, e_is_reg = Signal(self.shape), Signal()
-        s_reg, s_is_reg = Signal(self.shape), Signal()
-        m.d.sync += [e_reg.eq(self._select(entry_addr)), e_is_reg.eq(self.is_register(entry_addr)),
-                     s_reg.eq(self._select(sweep_addr)), s_is_reg.eq(self.is_register(sweep_addr)),
-                     self.sweep_data.eq(Mux(s_is_reg, s_reg, s_ram))]
+        m.d.sync += [e_reg.eq(self._select(entry_addr)), e_is_reg.eq(self.is_register(entry_addr))]
+        if self.sweep_registers:
+            s_reg, s_is_reg = Signal(self.shape), Signal()
+            m.d.sync += [s_reg.eq(self._select(sweep_addr)), s_is_reg.eq(self.is_register(sweep_addr)),
+                         self.sweep_data.eq(Mux(s_en, Mux(s_is_reg, s_reg, s_ram), 0))]
+        else:
+            m.d.sync += self.sweep_data.eq(Mux(s_en, s_ram, 0))
         m.d.comb += entry_data.eq(Mux(e_is_reg, e_reg, e_ram))
         return entry_data
 
     def take(self, en, index):
-        """Read register word ``index`` and clear it (``take_data`` two cycles later), through
-        a port of its own: the sweep's and the entries' ports stay free."""
+        """Read register word ``index`` and clear it (``take_data`` two cycles later, 0 two
+        cycles after a cycle without ``en``), through a port of its own: the sweep's and the
+        entries' ports stay free."""
         m = self.m
         data1 = Signal(self.shape)
         out = Const(0, self.shape)
         for j, word in enumerate(self.words):
-            out = Mux(index == j, word, out)
+            out = Mux(en & (index == j), word, out)
         m.d.sync += [data1.eq(out), self.take_data.eq(data1)]
         self._take = (en, index)
 
@@ -187,7 +202,7 @@ class RegisterAccumulators:
         for j, (hit_e, hit_s, word) in enumerate(zip(self._hits(entry_addr), self._hits(sweep_addr), self.words)):
             with m.If(entry_en & hit_e):
                 m.d.sync += word.eq(entry_data)
-            with m.Elif(sweep_en & hit_s):
+            with m.Elif(sweep_en & hit_s & self.sweep_registers):
                 m.d.sync += word.eq(sweep_data)
             if self._take is not None:
                 with m.Elif(self._take[0] & (self._take[1] == j)):
@@ -210,12 +225,12 @@ class MacLane(wiring.Component):
     LATENCY = 4     # cycles from an entry on i_* to its sum being readable through sweep_rd
 
     def __init__(self, *, depth: int, acc_bits: int = 32, weight_bits: int = 8, value_bits: int = 16,
-                 max_align: int = 8, registers: int = 0, banks: int = 1):
+                 max_align: int = 8, registers: int = 0, banks: int = 1, sweep_registers: bool = True):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
                                  operand_bits=18, operand="one 18-bit multiplier operand", registers=registers,
-                                 banks=banks)
-            self.registers, self.banks = registers, banks
+                                 banks=banks, sweep_registers=sweep_registers)
+            self.registers, self.banks, self.sweep_registers = registers, banks, sweep_registers
             self.acc_bits = _positive("acc_bits", acc_bits, 2)
             self.value_bits = _positive("value_bits", value_bits, 2)
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
@@ -233,7 +248,7 @@ class MacLane(wiring.Component):
         acc = signed(self.acc_bits)
         addr_shape = self.i_addr.shape()
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
-                                    banks=self.banks)
+                                    banks=self.banks, sweep_registers=self.sweep_registers)
 
         # a0: the entry, registered; the weight shifted before the register (a small mux on a
         # narrow operand, not a barrel shifter on the product).

