@@ -518,19 +518,21 @@ class SharedCore(wiring.Component):
         class_of = {p: c for c, members in enumerate(classes) for p in members}
         for u, unit in enumerate(units):
             tag = "" if U == 1 else f"_u{u}"
+            reach = sorted({class_of[(grp * U + u) % P] for grp in range(P)})   # the classes unit u reads
+            # Lane -> its class's position in ``reach`` (lanes unit u never reads: 0).
+            pick = Array(Const(reach.index(class_of[p]) if class_of[p] in reach else 0, range(len(reach)))
+                         for p in range(P))
             for k, g in enumerate(ACC_KINDS):
                 st = stages[u][k]
                 rd = inits[u][k]
                 m.d.comb += [rd.addr.eq(st.neuron), rd.en.eq(1)]
                 # Cycle numbers relative to this gate's read (cycle 0).
-                reach = sorted({class_of[(g * U + u) % P] for g in range(P)})   # the classes unit u reads
                 bias = t.reg(f"sw{k}{tag}_bias", rd.data, 2)
                 if len(reach) == 1:
                     data_k = buses[reach[0]]
                 else:
                     cls = t.input(Signal(range(len(reach)), name=f"sw{k}{tag}_class"), 0)
-                    m.d.comb += cls.eq(Array(Const(reach.index(class_of[p]) if class_of[p] in reach else 0,
-                                                   range(len(reach))) for p in range(P))[st.lane])
+                    m.d.comb += cls.eq(pick[st.lane])
                     data_k = Array(buses[c] for c in reach)[t.at(cls, 2)]
                 acc = t.reg(f"sw{k}{tag}_acc", data_k, 3)
                 biased = t.reg(f"sw{k}{tag}_biased", acc + t.at(bias, 3), 4, signed(ACC_BITS))

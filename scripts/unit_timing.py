@@ -111,19 +111,6 @@ def module_cells(stat: str) -> dict:
     return modules
 
 
-def parse_packed_cells(log: str) -> dict:
-    """The cell counts of nextpnr's packed design (``--pack-only``): the "Device utilisation"
-    block's used and available per cell type."""
-    block = log.split("Device utilisation:")[-1] if "Device utilisation:" in log else ""
-    out = {}
-    for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)", block, re.M):
-        if int(m.group(2)):
-            out[m.group(1)] = {"used": int(m.group(2)), "available": int(m.group(3))}
-    if not out:
-        raise SystemExit("nextpnr printed no utilisation")
-    return out
-
-
 def run(cmd, log):
     with open(log, "w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -184,7 +171,8 @@ def main(argv=None):
                 cmd.append("--pack-only")
             run(cmd, f"{tmp}/nextpnr.log")
             if args.pack_only:
-                result["packed"] = parse_packed_cells(Path(tmp, "nextpnr.log").read_text())
+                util = parse_nextpnr_log(Path(tmp, "nextpnr.log").read_text())["utilisation"]
+                result["packed"] = {k: v for k, v in util.items() if v["used"]}
                 break
             r = parse_nextpnr_log(Path(tmp, "nextpnr.log").read_text())
             used = {k: v["used"] for k, v in r["utilisation"].items() if v["used"]}

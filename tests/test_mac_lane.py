@@ -116,6 +116,7 @@ def test_mac_lane_wraps_at_its_width():
      "weight_bits + max_align must fit one 18-bit multiplier operand, not 8 + 11"),
     (dict(depth=8.0), TypeError, "depth must be an integer, not 8.0"),
     (dict(depth=8, max_align=-1), ValueError, "max_align must be at least 0, not -1"),
+    (dict(depth=8, sweep_registers=1), TypeError, "sweep_registers must be True or False, not 1"),
 ])
 def test_mac_lane_arguments_are_checked(kwargs, error, message):
     with pytest.raises(error, match="^" + message.replace("+", r"\+").replace(".", r"\.") + "$"):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from egru_accel.hw.shared_core import SharedCore, SharedCoreConfig
+from egru_accel.hw.shared_core import SharedCore, SharedCoreConfig, sweep_classes
 from egru_accel.quantize.random_model import random_inputs, random_model
 from egru_accel.quantize.shared_rows import pack_shared_rows
 from egru_accel.sim.shared_core_tb import compare_with_golden, run_shared_core
@@ -103,3 +103,20 @@ def test_events_filling_the_buffer_to_its_end(hidden, lanes, dense, mode, banks,
     image = pack_shared_rows(model, lanes, dense=dense)
     rec = run_shared_core(image, x, config=SharedCoreConfig(debug=True, banks=banks, readout=readout))
     assert compare_with_golden(model, image, x, rec) == []
+
+
+@pytest.mark.parametrize("lanes, units, spacing", [(8, 1, 1), (16, 2, 1), (16, 1, 1), (6, 1, 1), (2, 1, 2), (3, 3, 4)])
+def test_sweep_classes_never_hold_two_lanes_read_in_one_cycle(lanes, units, spacing):
+    classes = sweep_classes(lanes, units, spacing)
+    assert sorted(p for c in classes for p in c) == list(range(lanes))
+    for gap in range(spacing, 3 * spacing + 1):          # groups issued at the spacing or further apart
+        read = {}
+        for g in range(2 * lanes):
+            for u in range(units):
+                for k in range(4):
+                    read.setdefault(g * gap + k, set()).add((g * units + u) % lanes)
+        for lanes_now in read.values():
+            for c in classes:
+                assert len(lanes_now & set(c)) <= 1
+    if (lanes, units) == (8, 1):
+        assert len(classes) == 4          # the OR buses save muxes: lanes p and p + 4 share one
