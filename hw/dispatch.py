@@ -29,8 +29,11 @@ from egru_accel.quantize.shared_rows import SharedRowImage, SharedRowLayout
 
 from .construct import checked_construction
 
-__all__ = ["EventDispatcher", "EventLayout", "LaneEntrySignature", "KIND_INPUT", "KIND_RECURRENT",
+__all__ = ["WEIGHT_MEMORIES", "EventDispatcher", "EventLayout", "LaneEntrySignature", "KIND_INPUT", "KIND_RECURRENT",
            "KIND_READOUT", "VALUE_BITS"]
+
+#: How the lanes' weight entries are stored (:class:`EventDispatcher`).
+WEIGHT_MEMORIES = ("lanes", "wide")
 
 #: What an event's row feeds: a layer's input rows, its recurrent rows, or the readout.
 KIND_INPUT, KIND_RECURRENT, KIND_READOUT = 0, 1, 2
@@ -63,14 +66,26 @@ class EventDispatcher(wiring.Component):
 
     ``queue_depth``: entries of the row queue (its room decides how far row reads run ahead).
     ``banks``: the lanes' accumulator banks (an event's ``bank`` picks one).
+    ``weight_memory``: one of :data:`WEIGHT_MEMORIES`. ``"lanes"``: one memory of entry words
+    per lane. ``"wide"``: one memory of window words
+    (:attr:`~quantize.shared_rows.SharedRowLayout.window_word`) for all lanes, which stores the
+    gate and the window once per address instead of once per lane; it needs an image packed
+    ``structure="lane-window"``. The lanes get the same entries in the same cycles either way.
     """
 
-    def __init__(self, *, image: SharedRowImage, queue_depth: int = 4, banks: int = 1):
+    def __init__(self, *, image: SharedRowImage, queue_depth: int = 4, banks: int = 1,
+                 weight_memory: str = "lanes"):
         with checked_construction(self):
             if not isinstance(image, SharedRowImage):
                 raise TypeError(f"image must be a SharedRowImage, not {type(image).__name__}")
             if not isinstance(queue_depth, int) or queue_depth < 4:
                 raise ValueError(f"queue_depth must be an integer of at least 4, not {queue_depth!r}")
+            if weight_memory not in WEIGHT_MEMORIES:
+                raise ValueError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, not {weight_memory!r}")
+            if weight_memory == "wide" and image.layout.structure != "lane-window":
+                raise ValueError(f"a wide weight memory needs an image packed lane-window, not "
+                                 f"{image.layout.structure}")
+        self.weight_memory = weight_memory
         self.image = image
         self.layout = lay = image.layout
         self.queue_depth = queue_depth
@@ -92,10 +107,17 @@ class EventDispatcher(wiring.Component):
                                           init=[int(w) for w in img.rows])
         rows_rd = rows.read_port()
         weights = []
-        for p in range(P):
-            mem = Memory(shape=entry_word.width, depth=max(2, lay.entries), init=[int(w) for w in img.weights[p]])
-            m.submodules[f"weights{p}"] = mem
+        if self.weight_memory == "wide":
+            window_word = lay.window_word
+            mem = Memory(shape=window_word.width, depth=max(2, lay.entries),
+                         init=[int(w) for w in img.window_words()])
+            m.submodules.weights = mem
             weights.append(mem.read_port())
+        else:
+            for p in range(P):
+                mem = Memory(shape=entry_word.width, depth=max(2, lay.entries), init=[int(w) for w in img.weights[p]])
+                m.submodules[f"weights{p}"] = mem
+                weights.append(mem.read_port())
 
         # -- r_: accept, read the row, register it, queue it -----------------------------------
         rec = data.StructLayout({"start": unsigned(row_word.field("start").width),
@@ -139,7 +161,13 @@ class EventDispatcher(wiring.Component):
         e1_row, e2_row = Signal(rec), Signal(rec)
         e2_words = [Signal(entry_word.struct_layout(), name=f"e2_word{p}") for p in range(P)]
         m.d.sync += [e1_valid.eq(w_active), e1_row.eq(w_row), e2_valid.eq(e1_valid), e2_row.eq(e1_row)]
-        m.d.sync += [w.eq(rd.data) for w, rd in zip(e2_words, weights)]
+        if self.weight_memory == "wide":
+            wide = Signal(window_word.struct_layout())
+            m.d.comb += wide.eq(weights[0].data)
+            m.d.sync += [w.eq(Cat(wide[f"value{p}"], wide.gate, Cat(wide[f"offset{p}"], wide.window)))
+                         for p, w in enumerate(e2_words)]
+        else:
+            m.d.sync += [w.eq(rd.data) for w, rd in zip(e2_words, weights)]
         # Per row: the accumulator region, and the alignment of each gate (constants per layer/kind).
         amap = self.address_map
         base = Signal(range(amap.depth))

@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 from egru_accel.quantize.shared_rows import ACC_BITS, ACC_KINDS, LaneAddressMap, SharedRowImage, unpack_weights
 
 from .construct import checked_construction
-from .dispatch import KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, EventDispatcher, EventLayout
+from .dispatch import KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, WEIGHT_MEMORIES, EventDispatcher, EventLayout
 from .dsp_mac_lane import DSPMacLane
 from .mac_lane import MacLane
 from .pipeline import Timeline
@@ -69,6 +69,8 @@ class SharedCoreConfig:
             words. ``"engine"``: a :class:`~hw.readout_engine.ReadoutEngine` of
             ``readout_macs`` multipliers takes the last layer's events from the event buffer, and
             the lanes only the layers' rows.
+        weight_memory: The dispatcher's (:data:`~hw.dispatch.WEIGHT_MEMORIES`): ``"wide"``, one
+            memory of window words for all lanes, needs an image packed ``structure="lane-window"``.
         debug: Add the ``dbg`` port (every neuron update, for testbenches; one per unit).
     """
     lane: str = "fabric"
@@ -77,6 +79,7 @@ class SharedCoreConfig:
     units: int = 1
     readout: str = "lanes"
     readout_macs: int = 4
+    weight_memory: str = "lanes"
     debug: bool = False
 
     def __post_init__(self):
@@ -92,6 +95,8 @@ class SharedCoreConfig:
             raise ValueError(f"lane must be one of {', '.join(LANE_KINDS)}, not {self.lane!r}")
         if self.multipliers not in MULTIPLIERS:
             raise ValueError(f"multipliers must be one of {', '.join(MULTIPLIERS)}, not {self.multipliers!r}")
+        if self.weight_memory not in WEIGHT_MEMORIES:
+            raise ValueError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, not {self.weight_memory!r}")
         if not isinstance(self.debug, bool):
             raise TypeError(f"debug must be True or False, not {self.debug!r}")
 
@@ -171,6 +176,8 @@ class SharedCore(wiring.Component):
             if lay.formats.weight_bits + lay.max_align > op_bits:
                 raise ValueError(f"weights of {lay.formats.weight_bits} bits aligned by up to {lay.max_align} "
                                  f"do not fit the lane's {op_bits}-bit operand")
+            if config.weight_memory == "wide" and lay.structure != "lane-window":
+                raise ValueError(f"a wide weight memory needs an image packed lane-window, not {lay.structure}")
         self.image, self.config, self.layout = image, config, lay
         members = {
             "i": In(stream.Signature(signed(VALUE_BITS))),
@@ -218,7 +225,8 @@ class SharedCore(wiring.Component):
         ev_word = lay.event_word
 
         amap = lay.lane_address_map(self.config.banks)
-        m.submodules.dispatch = dispatch = EventDispatcher(image=img, banks=self.config.banks)
+        m.submodules.dispatch = dispatch = EventDispatcher(image=img, banks=self.config.banks,
+                                                           weight_memory=self.config.weight_memory)
         lanes = []
         for p in range(P):
             lane = self._lane()

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_lanes", "lane_of", "local_index", "lane_neurons", "lane_size", "lane_columns"]
+__all__ = ["WINDOW", "check_lanes", "lane_of", "local_index", "lane_neurons", "lane_size", "lane_columns"]
+
+#: Local neurons per lane in a lane-window (pruning structure and shared-row packing): with
+#: 4-bit weights an entry of 8 lanes, 8 x (4 + 3) bits, fits one 64-bit word.
+WINDOW = 8
 
 
 def check_lanes(lanes, hidden_size: int | None = None) -> int:

@@ -26,13 +26,12 @@ import math
 import torch
 
 from .egru import EGRUNet
-from .lanes import check_lanes, lane_columns, lane_size
+from .lanes import WINDOW, check_lanes, lane_columns, lane_size
 
 __all__ = ["STRUCTURES", "WINDOW", "check_sparsity", "check_structure", "magnitude_mask", "block_mask", "window_mask",
            "PruningSchedule", "apply_masks"]
 
 STRUCTURES = ("unstructured", "lane-block", "lane-window")
-WINDOW = 8    # local neurons per lane in a lane-window
 
 
 def check_structure(structure, lanes: int | None) -> str:

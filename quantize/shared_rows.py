@@ -31,6 +31,12 @@ accumulators   per lane: per layer ``4 ceil(H/P)`` words  acc (signed 32)
                ``ceil(O/P)`` readout words
 =============  =========================================  ========================================
 
+Packed ``structure="lane-window"``, each row is padded per gate and window of
+:data:`~egru_accel.quantize.lanes.WINDOW` local neurons, so that the entries at one address of
+all lanes share gate and window and make one :attr:`SharedRowLayout.window_word` (gate,
+window, then per lane a value and an offset in the window): one wide weight memory instead of
+one per lane.
+
 A lane's accumulator addresses (:class:`LaneAddressMap`): with one bank, the layers' words
 then the readout's, as above. With two banks (steps alternate between them, so that the
 next step's rows accumulate while this step's sweep reads), each bank holds the layers' words
@@ -49,7 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .formats import GATE_G, GATE_R, GATE_Z, NumberFormats, signed_bits_for, unsigned_bits_for
-from .lanes import check_lanes, lane_neurons
+from .lanes import WINDOW, check_lanes, lane_neurons
 from .memory import GATE_BITS, Field, LayerLayout, LayoutError, Word
 from .model import QuantModel
 from .packer import _lane_entries
@@ -98,6 +104,7 @@ class SharedRowLayout:
     outputs: int
     entries: int            # weight entries per lane (equal in every lane)
     max_row_length: int
+    structure: str = "unstructured"     # "lane-window": every entry's lanes share gate and window
 
     # -- shapes -------------------------------------------------------------------------
     @property
@@ -191,6 +198,26 @@ class SharedRowLayout:
                      Field("target", max(1, target))))
 
     @property
+    def windows(self) -> int:
+        """Windows of :data:`~egru_accel.quantize.lanes.WINDOW` local neurons in the widest
+        matrix (a layer's or the readout's local neurons)."""
+        return _ceil_div(max(max(self.n_local), self.readout_local), WINDOW)
+
+    @property
+    def window_word(self) -> Word:
+        """One entry of all lanes in one word (``structure="lane-window"`` only): the gate and
+        the window the lanes share, then per lane ``p`` its weight ``value{p}`` and its
+        ``offset{p}`` in the window (local index ``WINDOW * window + offset``)."""
+        if self.structure != "lane-window":
+            raise LayoutError(f"a {self.structure} layout has no window word (its lanes' entries need "
+                              f"not share a window)")
+        offset = unsigned_bits_for(WINDOW - 1)
+        fields = [Field("gate", GATE_BITS), Field("window", max(1, unsigned_bits_for(self.windows - 1)))]
+        for p in range(self.lanes):
+            fields += [Field(f"value{p}", self.formats.weight_bits, True), Field(f"offset{p}", offset)]
+        return Word(tuple(fields))
+
+    @property
     def row_word(self) -> Word:
         return Word((Field("start", max(1, unsigned_bits_for(self.entries))),
                      Field("length", max(1, unsigned_bits_for(self.max_row_length)))))
@@ -228,7 +255,7 @@ class SharedRowLayout:
                             "input_align": list(l.input_align), "recurrent_align": list(l.recurrent_align)}
                            for l in self.layers],
                 "entries": self.entries, "max_row_length": self.max_row_length, "rows": self.rows,
-                "acc_depth": self.acc_depth}
+                "acc_depth": self.acc_depth, "structure": self.structure}
 
 
 @dataclass(frozen=True)
@@ -248,13 +275,79 @@ class SharedRowImage:
     def row_fields(self) -> dict:
         return self.layout.row_word.unpack(self.rows)
 
+    def window_words(self) -> np.ndarray:
+        """The lanes' entries as :attr:`SharedRowLayout.window_word` words, one per entry
+        address (a lane-window image only). Raises ``LayoutError`` if two lanes' entries at
+        one address disagree on gate or window, which the packer never lets happen."""
+        lay = self.layout
+        ww = lay.window_word
+        lanes = [lay.entry_word.unpack(w) for w in self.weights]
+        gate = lanes[0]["gate"]
+        window = lanes[0]["target"] // WINDOW
+        fields = {"gate": gate, "window": window}
+        for p, e in enumerate(lanes):
+            bad = np.nonzero((e["gate"] != gate) | (e["target"] // WINDOW != window))[0]
+            if bad.size:
+                raise LayoutError(f"entry {int(bad[0])}: lane {p}'s gate/window differs from lane 0's")
+            fields[f"value{p}"] = e["value"]
+            fields[f"offset{p}"] = e["target"] % WINDOW
+        return ww.pack(**fields)
 
-def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False) -> SharedRowImage:
+
+def _padded_rows(parts, padding_group=None, groups: int = 1):
+    """Pad the lanes' ``parts`` (:func:`_lane_entries` of one matrix) into equal shares.
+
+    ``padding_group(gates, targets)`` names the group (``0 .. groups - 1``) of entries inside
+    their row, and ``padding_group(None, groups)`` the (gate, target) of a group's padding
+    (``None``: one group per row). Within a row, every group gets as many entries as the lane with the most
+    in it; the groups follow in order, so equal-address entries of all lanes share a group.
+    Returns (per lane (values, gates, targets), row lengths, padding entries); a padding entry
+    is a zero weight carrying its group's gate and first target."""
+    rows = len(parts[0][3])
+    keys = []
+    for v, gt, tg, n in parts:
+        row_of = np.repeat(np.arange(rows), n)
+        group = np.zeros_like(row_of) if padding_group is None else padding_group(gt, tg)
+        keys.append((row_of, group))
+    counts = np.stack([np.bincount(r * groups + g, minlength=rows * groups) for r, g in keys])
+    longest = counts.max(axis=0)                        # [rows * groups]
+    group_start = np.concatenate([[0], np.cumsum(longest)[:-1]])
+    total = int(longest.sum())
+    # What a padding entry of each group carries: the group's gate and first target.
+    pad_gate = np.zeros(rows * groups, dtype=np.int64)
+    pad_target = np.zeros(rows * groups, dtype=np.int64)
+    if padding_group is not None:
+        pad_gate, pad_target = padding_group(None, np.arange(rows * groups) % groups)
+    out = []
+    for (v, gt, tg, n), (row_of, group), c in zip(parts, keys, counts):
+        key = row_of * groups + group
+        # Entries of a key are consecutive (row order, then gate and target order).
+        first = np.concatenate([[0], np.cumsum(c)[:-1]])
+        slot = np.arange(len(v)) - first[key]
+        pos = np.repeat(np.arange(rows * groups), longest)
+        pv = np.zeros(total, dtype=np.int64)
+        pg, pt = pad_gate[pos].copy(), pad_target[pos].copy()
+        idx = group_start[key] + slot
+        pv[idx], pg[idx], pt[idx] = v, gt, tg
+        out.append((pv, pg, pt))
+    lengths = longest.reshape(rows, groups).sum(axis=1)
+    return out, lengths, int((longest[None, :] - counts).sum())
+
+
+def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False,
+                     structure: str = "unstructured") -> SharedRowImage:
     """Lay ``model`` out for a shared-row core of ``lanes`` lanes. ``dense=True`` stores every
-    weight, zeros included (the dense baseline). Raises ``LayoutError`` when an accumulator
-    bound exceeds :data:`ACC_BITS`."""
+    weight, zeros included (the dense baseline). ``structure="lane-window"`` pads each row per
+    gate and window of :data:`~egru_accel.quantize.lanes.WINDOW` local neurons instead of per
+    row, so that the entries at one address of all lanes share gate and window and pack into
+    one :attr:`SharedRowLayout.window_word` (no padding when the model was pruned
+    ``lane-window``). Raises ``LayoutError`` when an accumulator bound exceeds
+    :data:`ACC_BITS`."""
     if not isinstance(model, QuantModel):
         raise TypeError(f"pack_shared_rows takes a QuantModel, not {type(model).__name__}")
+    if structure not in ("unstructured", "lane-window"):
+        raise ValueError(f"structure must be unstructured or lane-window, not {structure!r}"
+                         + (" (lane-block models pack as unstructured)" if structure == "lane-block" else ""))
     lanes = check_lanes(lanes)
     for l, H in enumerate(model.hidden_sizes):
         if lanes > H:
@@ -275,19 +368,18 @@ def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False) -> S
         [[] for _ in range(lanes)], [], 0
     for M, g in matrices:
         parts = [_lane_entries(M, g, lanes, p, dense) for p in range(lanes)]
-        counts = np.stack([n for *_, n in parts])            # [lanes, rows]
-        longest = counts.max(axis=0)
-        lengths.append(longest)
-        row_start = np.concatenate([[0], np.cumsum(longest)[:-1]])
-        for p, (v, gt, tg, n) in enumerate(parts):
-            # Lane p's share of each row at the row's start, the rest of the row zero entries.
-            padding += int((longest - n).sum())
-            row_of = np.repeat(np.arange(len(n)), n)
-            slot = np.arange(len(v)) - np.concatenate([[0], np.cumsum(n)[:-1]])[row_of]
-            pv = np.zeros(int(longest.sum()), dtype=np.int64)
-            pg, pt = np.zeros_like(pv), np.zeros_like(pv)
-            idx = row_start[row_of] + slot
-            pv[idx], pg[idx], pt[idx] = v, gt, tg
+        group, windows = None, 1
+        if structure == "lane-window":
+            windows = _ceil_div(_ceil_div(M.shape[1] // g, lanes), WINDOW)
+
+            def group(gate, target, windows=windows):
+                if gate is None:        # a group's padding: (its gate, its window's first target)
+                    return target // windows, (target % windows) * WINDOW
+                return gate * windows + target // WINDOW
+        shares, row_lengths, pad = _padded_rows(parts, group, g * windows if group else 1)
+        padding += pad
+        lengths.append(row_lengths)
+        for p, (pv, pg, pt) in enumerate(shares):
             values[p].append(pv)
             gates[p].append(pg)
             targets[p].append(pt)
@@ -299,7 +391,8 @@ def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False) -> S
         layers=tuple(LayerLayout(inputs=layer.input_size, hidden=layer.hidden_size, acc_frac=model.acc_frac(l),
                                  input_align=model.input_align(l), recurrent_align=model.recurrent_align(l))
                      for l, layer in enumerate(model.layers)),
-        outputs=model.output_size, entries=entries, max_row_length=int(lengths.max()) if len(lengths) else 0)
+        outputs=model.output_size, entries=entries, max_row_length=int(lengths.max()) if len(lengths) else 0,
+        structure=structure)
     ew = layout.entry_word
     weights = tuple(ew.pack(value=np.concatenate(values[p]), gate=np.concatenate(gates[p]),
                             target=np.concatenate(targets[p])) for p in range(lanes))

@@ -38,10 +38,10 @@ def shared_core(args):
     from egru_accel.quantize.shared_rows import pack_shared_rows
     if not args.model:
         raise SystemExit("--unit shared_core needs --model")
-    image = pack_shared_rows(QuantModel.load(args.model), args.lanes)
+    image = pack_shared_rows(QuantModel.load(args.model), args.lanes, structure=args.structure)
     ice40 = args.family == "ice40"
     config = SharedCoreConfig(lane="sb_mac16" if ice40 else "fabric", multipliers="logic" if ice40 else "dsp",
-                              banks=args.banks, units=args.units)
+                              banks=args.banks, units=args.units, weight_memory=args.weight_memory)
     return SharedCore(image, config)
 
 
@@ -130,6 +130,10 @@ def main(argv=None):
     ap.add_argument("--lanes", type=int, default=8, help="shared_core: lanes")
     ap.add_argument("--banks", type=int, default=1, choices=(1, 2), help="shared_core: accumulator banks")
     ap.add_argument("--units", type=int, default=1, help="shared_core: update units")
+    ap.add_argument("--structure", choices=("unstructured", "lane-window"), default="unstructured",
+                    help="shared_core: how the weights are packed (pack_shared_rows)")
+    ap.add_argument("--weight-memory", choices=("lanes", "wide"), default="lanes",
+                    help="shared_core: one weight memory per lane, or one wide one (needs lane-window)")
     ap.add_argument("--hierarchy", action="store_true",
                     help="synthesise without flattening and write each module's cells (no place and route)")
     ap.add_argument("--pack-only", action="store_true",
@@ -141,7 +145,8 @@ def main(argv=None):
     text = verilog.convert(harness, name="top", ports=[harness.out], emit_src=False)
     result = {"unit": args.unit, "family": args.family, "target_mhz": args.freq, "seeds": []}
     if args.unit == "shared_core":
-        result.update(model=args.model, lanes=args.lanes, banks=args.banks, units=args.units)
+        result.update(model=args.model, lanes=args.lanes, banks=args.banks, units=args.units,
+                      structure=args.structure, weight_memory=args.weight_memory)
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         tmp = os.path.relpath(tmp)
         Path(tmp, "top.v").write_text(text)
