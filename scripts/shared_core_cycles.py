@@ -35,16 +35,21 @@ def main(argv=None):
     ap.add_argument("--units", type=int, default=1)
     ap.add_argument("--readout", default="lanes", choices=("lanes", "engine"))
     ap.add_argument("--readout-macs", type=int, default=4)
+    ap.add_argument("--structure", default="unstructured", choices=("unstructured", "lane-window"),
+                    help="how the weights are packed (pack_shared_rows)")
+    ap.add_argument("--weight-memory", default="lanes", choices=("lanes", "wide"),
+                    help="one weight memory per lane, or one wide one (needs --structure lane-window)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     model = QuantModel.load(a.model)
     from egru_accel.quantize.data import load_task
     task = load_task("digits")
     x = golden.quantize_input(model, task.x_test[:, :a.sequences].transpose(1, 0, 2))   # [S, T, I]
-    image = pack_shared_rows(model, a.lanes, dense=a.dense)
+    image = pack_shared_rows(model, a.lanes, dense=a.dense, structure=a.structure)
     t0 = time.time()
     rec = run_shared_core(image, x, config=SharedCoreConfig(debug=True, lane=a.lane, banks=a.banks, units=a.units,
-                                                              readout=a.readout, readout_macs=a.readout_macs))
+                                                              readout=a.readout, readout_macs=a.readout_macs,
+                                                              weight_memory=a.weight_memory))
     wall = time.time() - t0
     diffs = compare_with_golden(model, image, x, rec)
     trace = golden.run(model, np.transpose(x, (1, 0, 2)))
@@ -54,6 +59,7 @@ def main(argv=None):
     cycles = np.array(rec.step_cycles, dtype=np.int64).T            # [T, S]
     out = {"model": a.model, "lanes": a.lanes, "lane": a.lane, "banks": a.banks, "units": a.units, "readout": a.readout,
            "readout_macs": a.readout_macs if a.readout == "engine" else None, "dense": a.dense, "sequences": a.sequences,
+           "structure": a.structure, "weight_memory": a.weight_memory,
            "steps": int(cycles.size), "mismatches": len(diffs), "first_mismatch": diffs[0] if diffs else None,
            "cycles_per_step_mean": float(cycles.mean()), "ideal_per_step_mean": float(ideal.mean()),
            "ratio_to_ideal": float(cycles.mean() / ideal.mean()),
