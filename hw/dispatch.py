@@ -29,7 +29,7 @@ from egru_accel.quantize.shared_rows import SharedRowImage, SharedRowLayout
 
 from .construct import checked_construction
 
-__all__ = ["WEIGHT_MEMORIES", "EventDispatcher", "EventLayout", "LaneEntrySignature", "KIND_INPUT", "KIND_RECURRENT",
+__all__ = ["WEIGHT_MEMORIES", "check_weight_memory", "EventDispatcher", "EventLayout", "LaneEntrySignature", "KIND_INPUT", "KIND_RECURRENT",
            "KIND_READOUT", "VALUE_BITS"]
 
 #: How the lanes' weight entries are stored (:class:`EventDispatcher`).
@@ -60,6 +60,16 @@ class LaneEntrySignature(wiring.Signature):
         })
 
 
+def check_weight_memory(weight_memory, layout: SharedRowLayout | None = None) -> str:
+    """``weight_memory`` if it is one of :data:`WEIGHT_MEMORIES` (and, given ``layout``, one
+    that layout can fill), else ``ValueError``."""
+    if weight_memory not in WEIGHT_MEMORIES:
+        raise ValueError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, not {weight_memory!r}")
+    if layout is not None and weight_memory == "wide" and layout.structure != "lane-window":
+        raise ValueError(f"a wide weight memory needs an image packed lane-window, not {layout.structure}")
+    return weight_memory
+
+
 class EventDispatcher(wiring.Component):
     """Events on ``i``; entries for every lane on ``lanes[p]``; ``busy`` while any event or entry
     is inside. ``image`` initialises the row table and the weight memories.
@@ -80,11 +90,7 @@ class EventDispatcher(wiring.Component):
                 raise TypeError(f"image must be a SharedRowImage, not {type(image).__name__}")
             if not isinstance(queue_depth, int) or queue_depth < 4:
                 raise ValueError(f"queue_depth must be an integer of at least 4, not {queue_depth!r}")
-            if weight_memory not in WEIGHT_MEMORIES:
-                raise ValueError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, not {weight_memory!r}")
-            if weight_memory == "wide" and image.layout.structure != "lane-window":
-                raise ValueError(f"a wide weight memory needs an image packed lane-window, not "
-                                 f"{image.layout.structure}")
+            check_weight_memory(weight_memory, image.layout)
         self.weight_memory = weight_memory
         self.image = image
         self.layout = lay = image.layout

@@ -34,7 +34,8 @@ from amaranth.lib.wiring import In, Out
 from egru_accel.quantize.shared_rows import ACC_BITS, ACC_KINDS, LaneAddressMap, SharedRowImage, unpack_weights
 
 from .construct import checked_construction
-from .dispatch import KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, WEIGHT_MEMORIES, EventDispatcher, EventLayout
+from .dispatch import (KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, EventDispatcher, EventLayout,
+                       check_weight_memory)
 from .dsp_mac_lane import DSPMacLane
 from .mac_lane import MacLane
 from .pipeline import Timeline
@@ -95,8 +96,7 @@ class SharedCoreConfig:
             raise ValueError(f"lane must be one of {', '.join(LANE_KINDS)}, not {self.lane!r}")
         if self.multipliers not in MULTIPLIERS:
             raise ValueError(f"multipliers must be one of {', '.join(MULTIPLIERS)}, not {self.multipliers!r}")
-        if self.weight_memory not in WEIGHT_MEMORIES:
-            raise ValueError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, not {self.weight_memory!r}")
+        check_weight_memory(self.weight_memory)
         if not isinstance(self.debug, bool):
             raise TypeError(f"debug must be True or False, not {self.debug!r}")
 
@@ -176,8 +176,7 @@ class SharedCore(wiring.Component):
             if lay.formats.weight_bits + lay.max_align > op_bits:
                 raise ValueError(f"weights of {lay.formats.weight_bits} bits aligned by up to {lay.max_align} "
                                  f"do not fit the lane's {op_bits}-bit operand")
-            if config.weight_memory == "wide" and lay.structure != "lane-window":
-                raise ValueError(f"a wide weight memory needs an image packed lane-window, not {lay.structure}")
+            check_weight_memory(config.weight_memory, lay)
         self.image, self.config, self.layout = image, config, lay
         members = {
             "i": In(stream.Signature(signed(VALUE_BITS))),

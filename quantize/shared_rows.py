@@ -60,8 +60,10 @@ from .memory import GATE_BITS, Field, LayerLayout, LayoutError, Word
 from .model import QuantModel
 from .packer import _lane_entries
 
-__all__ = ["ACC_BITS", "ACC_KINDS", "LaneAddressMap", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
+__all__ = ["ACC_BITS", "ACC_KINDS", "PACKINGS", "LaneAddressMap", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
 
+#: How :func:`pack_shared_rows` pads the lanes' shares: per row, or per gate and window.
+PACKINGS = ("unstructured", "lane-window")
 #: Width of every accumulator (layers and readout) in every build.
 ACC_BITS = 32
 #: The accumulator words of a local neuron, in address order: ``ag`` takes the g gate of
@@ -294,44 +296,37 @@ class SharedRowImage:
         return ww.pack(**fields)
 
 
-def _padded_rows(parts, padding_group=None, groups: int = 1):
-    """Pad the lanes' ``parts`` (:func:`_lane_entries` of one matrix) into equal shares.
+def _padded_rows(parts, gates: int, windows: int | None = None):
+    """Pad the lanes' ``parts`` (:func:`_lane_entries` of one matrix of ``gates`` gates) into
+    equal shares.
 
-    ``padding_group(gates, targets)`` names the group (``0 .. groups - 1``) of entries inside
-    their row, and ``padding_group(None, groups)`` the (gate, target) of a group's padding
-    (``None``: one group per row). Within a row, every group gets as many entries as the lane with the most
-    in it; the groups follow in order, so equal-address entries of all lanes share a group.
-    Returns (per lane (values, gates, targets), row lengths, padding entries); a padding entry
-    is a zero weight carrying its group's gate and first target."""
+    Within a row, entries fall into groups: one per row (``windows=None``), or one per gate
+    and window of :data:`~egru_accel.quantize.lanes.WINDOW` local neurons (``windows`` windows
+    per gate). Every group gets as many entries as the lane with the most in it, and the groups
+    follow in order, so that entries at one address of all lanes share a group. A padding entry
+    is a zero weight carrying its group's gate and first target. Returns (per lane (values,
+    gates, targets), row lengths, padding entries of all lanes)."""
     rows = len(parts[0][3])
-    keys = []
-    for v, gt, tg, n in parts:
-        row_of = np.repeat(np.arange(rows), n)
-        group = np.zeros_like(row_of) if padding_group is None else padding_group(gt, tg)
-        keys.append((row_of, group))
-    counts = np.stack([np.bincount(r * groups + g, minlength=rows * groups) for r, g in keys])
-    longest = counts.max(axis=0)                        # [rows * groups]
+    groups = 1 if windows is None else gates * windows
+    keys = [np.repeat(np.arange(rows), n) * groups
+            + (0 if windows is None else gt * windows + tg // WINDOW) for _, gt, tg, n in parts]
+    counts = np.stack([np.bincount(k, minlength=rows * groups) for k in keys])     # [lanes, rows * groups]
+    longest = counts.max(axis=0)
     group_start = np.concatenate([[0], np.cumsum(longest)[:-1]])
-    total = int(longest.sum())
-    # What a padding entry of each group carries: the group's gate and first target.
-    pad_gate = np.zeros(rows * groups, dtype=np.int64)
-    pad_target = np.zeros(rows * groups, dtype=np.int64)
-    if padding_group is not None:
-        pad_gate, pad_target = padding_group(None, np.arange(rows * groups) % groups)
+    position_group = np.repeat(np.arange(rows * groups) % groups, longest)        # each address's group
+    if windows is None:
+        pad_gate = pad_target = np.zeros(int(longest.sum()), dtype=np.int64)
+    else:
+        pad_gate, pad_target = position_group // windows, (position_group % windows) * WINDOW
     out = []
-    for (v, gt, tg, n), (row_of, group), c in zip(parts, keys, counts):
-        key = row_of * groups + group
-        # Entries of a key are consecutive (row order, then gate and target order).
-        first = np.concatenate([[0], np.cumsum(c)[:-1]])
-        slot = np.arange(len(v)) - first[key]
-        pos = np.repeat(np.arange(rows * groups), longest)
-        pv = np.zeros(total, dtype=np.int64)
-        pg, pt = pad_gate[pos].copy(), pad_target[pos].copy()
+    for (v, gt, tg, _), key, c in zip(parts, keys, counts):
+        # A key's entries are consecutive (row order, then gate and target order).
+        slot = np.arange(len(v)) - np.concatenate([[0], np.cumsum(c)[:-1]])[key]
+        pv, pg, pt = np.zeros_like(pad_gate), pad_gate.copy(), pad_target.copy()
         idx = group_start[key] + slot
         pv[idx], pg[idx], pt[idx] = v, gt, tg
         out.append((pv, pg, pt))
-    lengths = longest.reshape(rows, groups).sum(axis=1)
-    return out, lengths, int((longest[None, :] - counts).sum())
+    return out, longest.reshape(rows, groups).sum(axis=1), int((longest[None, :] - counts).sum())
 
 
 def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False,
@@ -345,8 +340,8 @@ def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False,
     :data:`ACC_BITS`."""
     if not isinstance(model, QuantModel):
         raise TypeError(f"pack_shared_rows takes a QuantModel, not {type(model).__name__}")
-    if structure not in ("unstructured", "lane-window"):
-        raise ValueError(f"structure must be unstructured or lane-window, not {structure!r}"
+    if structure not in PACKINGS:
+        raise ValueError(f"structure must be {' or '.join(PACKINGS)}, not {structure!r}"
                          + (" (lane-block models pack as unstructured)" if structure == "lane-block" else ""))
     lanes = check_lanes(lanes)
     for l, H in enumerate(model.hidden_sizes):
@@ -368,15 +363,8 @@ def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False,
         [[] for _ in range(lanes)], [], 0
     for M, g in matrices:
         parts = [_lane_entries(M, g, lanes, p, dense) for p in range(lanes)]
-        group, windows = None, 1
-        if structure == "lane-window":
-            windows = _ceil_div(_ceil_div(M.shape[1] // g, lanes), WINDOW)
-
-            def group(gate, target, windows=windows):
-                if gate is None:        # a group's padding: (its gate, its window's first target)
-                    return target // windows, (target % windows) * WINDOW
-                return gate * windows + target // WINDOW
-        shares, row_lengths, pad = _padded_rows(parts, group, g * windows if group else 1)
+        windows = _ceil_div(_ceil_div(M.shape[1] // g, lanes), WINDOW) if structure == "lane-window" else None
+        shares, row_lengths, pad = _padded_rows(parts, g, windows)
         padding += pad
         lengths.append(row_lengths)
         for p, (pv, pg, pt) in enumerate(shares):

@@ -17,10 +17,11 @@ import time
 
 import numpy as np
 
+from egru_accel.hw.dispatch import WEIGHT_MEMORIES
 from egru_accel.hw.shared_core import SharedCoreConfig
 from egru_accel.quantize import golden
 from egru_accel.quantize.model import QuantModel
-from egru_accel.quantize.shared_rows import pack_shared_rows
+from egru_accel.quantize.shared_rows import PACKINGS, pack_shared_rows
 from egru_accel.sim.shared_core_tb import compare_with_golden, run_shared_core
 
 
@@ -35,9 +36,9 @@ def main(argv=None):
     ap.add_argument("--units", type=int, default=1)
     ap.add_argument("--readout", default="lanes", choices=("lanes", "engine"))
     ap.add_argument("--readout-macs", type=int, default=4)
-    ap.add_argument("--structure", default="unstructured", choices=("unstructured", "lane-window"),
+    ap.add_argument("--structure", default="unstructured", choices=PACKINGS,
                     help="how the weights are packed (pack_shared_rows)")
-    ap.add_argument("--weight-memory", default="lanes", choices=("lanes", "wide"),
+    ap.add_argument("--weight-memory", default="lanes", choices=WEIGHT_MEMORIES,
                     help="one weight memory per lane, or one wide one (needs --structure lane-window)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)

@@ -28,6 +28,8 @@ from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
 
 from egru_accel.boards.nextpnr import parse_nextpnr_log
+from egru_accel.hw.dispatch import WEIGHT_MEMORIES
+from egru_accel.quantize.shared_rows import PACKINGS
 
 
 def shared_core(args):
@@ -130,9 +132,9 @@ def main(argv=None):
     ap.add_argument("--lanes", type=int, default=8, help="shared_core: lanes")
     ap.add_argument("--banks", type=int, default=1, choices=(1, 2), help="shared_core: accumulator banks")
     ap.add_argument("--units", type=int, default=1, help="shared_core: update units")
-    ap.add_argument("--structure", choices=("unstructured", "lane-window"), default="unstructured",
+    ap.add_argument("--structure", choices=PACKINGS, default="unstructured",
                     help="shared_core: how the weights are packed (pack_shared_rows)")
-    ap.add_argument("--weight-memory", choices=("lanes", "wide"), default="lanes",
+    ap.add_argument("--weight-memory", choices=WEIGHT_MEMORIES, default="lanes",
                     help="shared_core: one weight memory per lane, or one wide one (needs lane-window)")
     ap.add_argument("--hierarchy", action="store_true",
                     help="synthesise without flattening and write each module's cells (no place and route)")
