@@ -19,7 +19,8 @@ from egru_accel.sim.runner import available_simulators
 from egru_accel.sim.shared_core_cocotb import Job, run_shared_core_jobs, write_shared_core_verilog
 from egru_accel.sim.shared_core_tb import SharedCoreRecord, compare_with_golden, run_shared_core
 
-#: (lanes, hidden sizes, outputs, lane kind, update multipliers, dense baseline, threshold mode)
+#: (lanes, hidden sizes, outputs, lane kind, update multipliers, dense baseline, threshold mode[,
+#: weight memory: "wide" packs the image lane-window])
 MODELS = [
     (1, [5], 6, "fabric", "dsp", False, "mixed"),
     (3, [7, 4], 6, "dsp_model", "logic", False, "random"),
@@ -27,8 +28,10 @@ MODELS = [
     # Dense, with 2 * neurons a power of two: every step writes the event buffer to its very
     # end (a follow-the-writer source must see the end address).
     (3, [8], 8, "dsp_model", "dsp", True, "mixed"),
+    (8, [20], 9, "fabric", "logic", False, "mixed", "wide"),
 ]
-IDS = [f"p{m[0]}-{'x'.join(map(str, m[1]))}-{m[3]}-{m[4]}{'-dense' if m[5] else ''}" for m in MODELS]
+IDS = [f"p{m[0]}-{'x'.join(map(str, m[1]))}-{m[3]}-{m[4]}{'-dense' if m[5] else ''}{''.join('-' + e for e in m[7:])}"
+       for m in MODELS]
 STALLS = 0.3
 
 
@@ -47,12 +50,13 @@ needs_both = pytest.mark.skipif(
 @functools.cache
 def case(k):
     """Model ``k``: (model, image, config, inputs [S, T, I])."""
-    lanes, hidden, outputs, lane, multipliers, dense, mode = MODELS[k]
+    lanes, hidden, outputs, lane, multipliers, dense, mode, *extra = MODELS[k]
+    memory = extra[0] if extra else "lanes"
     model = random_model(inputs=5, hidden=hidden, outputs=outputs, weight_sparsity=0.5, seed=40 + k,
                          threshold_mode=mode)
     x = np.asarray(random_inputs(model, steps=5, sequences=2, seed=k))
-    image = pack_shared_rows(model, lanes, dense=dense)
-    return model, image, SharedCoreConfig(lane=lane, multipliers=multipliers, debug=True), x
+    image = pack_shared_rows(model, lanes, dense=dense, structure="lane-window" if memory == "wide" else "unstructured")
+    return model, image, SharedCoreConfig(lane=lane, multipliers=multipliers, weight_memory=memory, debug=True), x
 
 
 @pytest.fixture(scope="module")
