@@ -25,15 +25,15 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from egru_accel.quantize.formats import GATE_G
-from egru_accel.quantize.shared_rows import SharedRowImage, SharedRowLayout
+from egru_accel.quantize.shared_rows import WEIGHT_MEMORIES, SharedRowImage, SharedRowLayout
 
+from .config import WEIGHT_RAMS
 from .construct import checked_construction
+from .pipeline import falling_edge_domain
+from .spram import ICE40WeightRAM
 
-__all__ = ["WEIGHT_MEMORIES", "check_weight_memory", "EventDispatcher", "EventLayout", "LaneEntrySignature", "KIND_INPUT", "KIND_RECURRENT",
+__all__ = ["WEIGHT_MEMORIES", "check_weight_memory", "check_weight_ram", "EventDispatcher", "EventLayout", "LaneEntrySignature", "KIND_INPUT", "KIND_RECURRENT",
            "KIND_READOUT", "VALUE_BITS"]
-
-#: How the lanes' weight entries are stored (:class:`EventDispatcher`).
-WEIGHT_MEMORIES = ("lanes", "wide")
 
 #: What an event's row feeds: a layer's input rows, its recurrent rows, or the readout.
 KIND_INPUT, KIND_RECURRENT, KIND_READOUT = 0, 1, 2
@@ -60,6 +60,19 @@ class LaneEntrySignature(wiring.Signature):
         })
 
 
+def check_weight_ram(weight_ram, model_at_reset) -> str:
+    """``weight_ram`` if it is one of :data:`~hw.config.WEIGHT_RAMS` and ``model_at_reset`` a
+    bool it allows (SPRAM starts empty), else ``TypeError``/``ValueError``."""
+    if weight_ram not in WEIGHT_RAMS:
+        raise ValueError(f"weight_ram must be one of {', '.join(WEIGHT_RAMS)}, not {weight_ram!r}")
+    if not isinstance(model_at_reset, bool):
+        raise TypeError(f"model_at_reset must be True or False, not {model_at_reset!r}")
+    if model_at_reset and weight_ram == "ice40_spram":
+        raise ValueError("weight_ram='ice40_spram' needs model_at_reset=False: the bitstream cannot "
+                         "initialise SPRAM, the weights come through the load port")
+    return weight_ram
+
+
 def check_weight_memory(weight_memory, layout: SharedRowLayout | None = None) -> str:
     """``weight_memory`` if it is one of :data:`WEIGHT_MEMORIES` (and, given ``layout``, one
     that layout can fill), else ``ValueError``."""
@@ -81,17 +94,26 @@ class EventDispatcher(wiring.Component):
     (:attr:`~quantize.shared_rows.SharedRowLayout.window_word`) for all lanes, which stores the
     gate and the window once per address instead of once per lane; it needs an image packed
     ``structure="lane-window"``. The lanes get the same entries in the same cycles either way.
+    ``weight_ram``: :data:`~hw.config.WEIGHT_RAMS`; ``"ice40_spram"`` puts the weight memory
+    in SB_SPRAM256KA blocks (:class:`~hw.spram.ICE40WeightRAM`). ``model_at_reset``: the row
+    table and weight memories start with ``image`` (else empty; SPRAM always is).
+
+    ``load_rows`` / ``load_weights`` write ``load_data`` to word ``load_addr`` of the row table
+    / the weight memory (addresses and words of
+    :class:`~egru_accel.quantize.shared_rows.LoadMemory`); only while no event is inside: a
+    weight write takes the memory's port in SPRAM.
     """
 
     def __init__(self, *, image: SharedRowImage, queue_depth: int = 4, banks: int = 1,
-                 weight_memory: str = "lanes"):
+                 weight_memory: str = "lanes", weight_ram: str = "inferred", model_at_reset: bool = True):
         with checked_construction(self):
             if not isinstance(image, SharedRowImage):
                 raise TypeError(f"image must be a SharedRowImage, not {type(image).__name__}")
             if not isinstance(queue_depth, int) or queue_depth < 4:
                 raise ValueError(f"queue_depth must be an integer of at least 4, not {queue_depth!r}")
             check_weight_memory(weight_memory, image.layout)
-        self.weight_memory = weight_memory
+            check_weight_ram(weight_ram, model_at_reset)
+        self.weight_memory, self.weight_ram, self.model_at_reset = weight_memory, weight_ram, model_at_reset
         self.image = image
         self.layout = lay = image.layout
         self.queue_depth = queue_depth
@@ -100,6 +122,9 @@ class EventDispatcher(wiring.Component):
             "i": In(stream.Signature(EventLayout(lay))),
             "lanes": Out(LaneEntrySignature(lay, banks)).array(lay.lanes),
             "busy": Out(1),
+            "load_rows": In(1), "load_weights": In(1),
+            "load_addr": In(lay.load_word(weight_memory).field("addr").width),
+            "load_data": In(lay.load_word(weight_memory).field("data").width),
         })
 
     def elaborate(self, platform):
@@ -109,21 +134,36 @@ class EventDispatcher(wiring.Component):
         ev_layout = EventLayout(lay)
         row_word, entry_word = lay.row_word, lay.entry_word
 
-        m.submodules.rows = rows = Memory(shape=row_word.width, depth=max(2, lay.rows),
-                                          init=[int(w) for w in img.rows])
-        rows_rd = rows.read_port()
+        def init(words):
+            return [int(w) for w in words] if self.model_at_reset else []
+
+        # The load port's writes on the falling edge: no collision logic around the block RAMs
+        # (a load happens only while no event is inside, so no read sees it).
+        load_wr = falling_edge_domain(m, "dispatch_load")
+        m.submodules.rows = rows = Memory(shape=row_word.width, depth=max(2, lay.rows), init=init(img.rows))
+        rows_rd, rows_wr = rows.read_port(), rows.write_port(domain=load_wr)
+        m.d.comb += [rows_wr.en.eq(self.load_rows), rows_wr.addr.eq(self.load_addr), rows_wr.data.eq(self.load_data)]
+        # One weight memory (``wide``) or one per lane, each with a read port ``.addr``/``.data``
+        # (data one cycle after the address) and written from the load port.
+        words = [img.window_words()] if self.weight_memory == "wide" else list(img.weights)
+        width = lay.weight_word(self.weight_memory).width
+        depth = max(2, lay.entries)
+        entry_bits = lay.entry_address_bits
         weights = []
-        if self.weight_memory == "wide":
-            window_word = lay.window_word
-            mem = Memory(shape=window_word.width, depth=max(2, lay.entries),
-                         init=[int(w) for w in img.window_words()])
-            m.submodules.weights = mem
-            weights.append(mem.read_port())
-        else:
-            for p in range(P):
-                mem = Memory(shape=entry_word.width, depth=max(2, lay.entries), init=[int(w) for w in img.weights[p]])
-                m.submodules[f"weights{p}"] = mem
-                weights.append(mem.read_port())
+        for p, image_words in enumerate(words):
+            name = "weights" if self.weight_memory == "wide" else f"weights{p}"
+            write = self.load_weights
+            if len(words) > 1:
+                write = write & (self.load_addr[entry_bits:] == p)
+            if self.weight_ram == "ice40_spram":
+                m.submodules[name] = rd = ICE40WeightRAM(width=width, depth=depth)
+                m.d.comb += [rd.w_en.eq(write), rd.w_addr.eq(self.load_addr[:entry_bits]), rd.w_data.eq(self.load_data)]
+            else:
+                m.submodules[name] = mem = Memory(shape=width, depth=depth, init=init(image_words))
+                rd, wr = mem.read_port(), mem.write_port(domain=load_wr)
+                m.d.comb += [rd.en.eq(1), wr.en.eq(write), wr.addr.eq(self.load_addr[:entry_bits]),
+                             wr.data.eq(self.load_data)]
+            weights.append(rd)
 
         # -- r_: accept, read the row, register it, queue it -----------------------------------
         rec = data.StructLayout({"start": unsigned(row_word.field("start").width),
@@ -160,7 +200,7 @@ class EventDispatcher(wiring.Component):
             with m.If(w_left == 1):
                 m.d.sync += w_active.eq(0)
         for rd in weights:
-            m.d.comb += [rd.addr.eq(w_ptr), rd.en.eq(1)]
+            m.d.comb += rd.addr.eq(w_ptr)
 
         # -- e_: the entries, registered; addresses and alignments per lane -------------------------
         e1_valid, e2_valid = Signal(), Signal()
@@ -168,7 +208,7 @@ class EventDispatcher(wiring.Component):
         e2_words = [Signal(entry_word.struct_layout(), name=f"e2_word{p}") for p in range(P)]
         m.d.sync += [e1_valid.eq(w_active), e1_row.eq(w_row), e2_valid.eq(e1_valid), e2_row.eq(e1_row)]
         if self.weight_memory == "wide":
-            wide = Signal(window_word.struct_layout())
+            wide = Signal(lay.window_word.struct_layout())
             m.d.comb += wide.eq(weights[0].data)
             m.d.sync += [w.eq(Cat(wide[f"value{p}"], wide.gate, Cat(wide[f"offset{p}"], wide.window)))
                          for p, w in enumerate(e2_words)]

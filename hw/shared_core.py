@@ -31,14 +31,15 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from egru_accel.quantize.shared_rows import ACC_BITS, ACC_KINDS, LaneAddressMap, SharedRowImage, unpack_weights
+from egru_accel.quantize.shared_rows import (ACC_BITS, ACC_KINDS, INIT_MEMORIES, LaneAddressMap, LoadMemory,
+                                             SharedRowImage, unpack_weights)
 
 from .construct import checked_construction
 from .dispatch import (KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, EventDispatcher, EventLayout,
-                       check_weight_memory)
+                       check_weight_memory, check_weight_ram)
 from .dsp_mac_lane import DSPMacLane
 from .mac_lane import MacLane
-from .pipeline import Timeline
+from .pipeline import Timeline, falling_edge_domain
 from .readout_engine import ReadoutEngine
 from .update_unit import MULTIPLIERS, UpdateUnit
 
@@ -72,6 +73,11 @@ class SharedCoreConfig:
             the lanes only the layers' rows.
         weight_memory: The dispatcher's (:data:`~hw.dispatch.WEIGHT_MEMORIES`): ``"wide"``, one
             memory of window words for all lanes, needs an image packed ``structure="lane-window"``.
+        weight_ram: Where the weight memory lives (:data:`~hw.config.WEIGHT_RAMS`):
+            ``"ice40_spram"`` puts it in the UP5K's SPRAM, which needs ``model_at_reset=False``.
+        model_at_reset: The memories start with the image's model (the bitstream holds it).
+            ``False``: they start empty and the model comes through the ``load`` port (the
+            readout engine's weights are not loadable yet, so it needs ``True``).
         debug: Add the ``dbg`` port (every neuron update, for testbenches; one per unit).
     """
     lane: str = "fabric"
@@ -81,6 +87,8 @@ class SharedCoreConfig:
     readout: str = "lanes"
     readout_macs: int = 4
     weight_memory: str = "lanes"
+    weight_ram: str = "inferred"
+    model_at_reset: bool = True
     debug: bool = False
 
     def __post_init__(self):
@@ -97,6 +105,9 @@ class SharedCoreConfig:
         if self.multipliers not in MULTIPLIERS:
             raise ValueError(f"multipliers must be one of {', '.join(MULTIPLIERS)}, not {self.multipliers!r}")
         check_weight_memory(self.weight_memory)
+        check_weight_ram(self.weight_ram, self.model_at_reset)
+        if self.readout == "engine" and not self.model_at_reset:
+            raise ValueError("readout='engine' needs model_at_reset=True: the engine's weights are not loadable")
         if not isinstance(self.debug, bool):
             raise TypeError(f"debug must be True or False, not {self.debug!r}")
 
@@ -158,6 +169,13 @@ class SharedCore(wiring.Component):
     sequence: cell states and the events of the step before count as zero. ``last``, sampled
     with a step's final input beat, marks the sequence's last step: with two banks its events
     then fetch no recurrent rows for a step that will not come.
+
+    ``load`` writes one word of a model's memories per beat (:meth:`SharedRowLayout.load_word
+    <egru_accel.quantize.shared_rows.SharedRowLayout.load_word>`: memory, address, data; the
+    writes of a whole model are :meth:`SharedRowImage.load_writes
+    <egru_accel.quantize.shared_rows.SharedRowImage.load_writes>`). It is ready only while the
+    core is idle with no step's inputs or outputs under way; the model must have this core's
+    layout, and a sequence after a load begins with ``start``.
     """
 
     def __init__(self, image: SharedRowImage, config: SharedCoreConfig | None = None):
@@ -184,6 +202,7 @@ class SharedCore(wiring.Component):
             "start": In(1),
             "last": In(1),
             "status": Out(StatusSignature()),
+            "load": In(stream.Signature(lay.load_word(config.weight_memory).struct_layout())),
         }
         if config.debug:
             members["dbg"] = Out(DebugSignature(image)).array(config.units) if config.units > 1 \
@@ -224,8 +243,10 @@ class SharedCore(wiring.Component):
         ev_word = lay.event_word
 
         amap = lay.lane_address_map(self.config.banks)
+        at_reset = self.config.model_at_reset
         m.submodules.dispatch = dispatch = EventDispatcher(image=img, banks=self.config.banks,
-                                                           weight_memory=self.config.weight_memory)
+                                                           weight_memory=self.config.weight_memory,
+                                                           weight_ram=self.config.weight_ram, model_at_reset=at_reset)
         lanes = []
         for p in range(P):
             lane = self._lane()
@@ -252,21 +273,48 @@ class SharedCore(wiring.Component):
         # -- memories of the core: events, biases, thresholds ------------------------------------
         m.submodules.events = events = Memory(shape=ev_word.width, depth=lay.event_depth, init=[])
         ev_rd, ev_wr = events.read_port(), events.write_port()
+        # -- ld_: a model's words from ``load``, registered, then written ---------------------------
+        ld_valid = Signal()
+        ld = Signal(lay.load_word(self.config.weight_memory).struct_layout())
+        m.d.sync += ld_valid.eq(self.load.valid & self.load.ready)
+        with m.If(self.load.valid & self.load.ready):
+            m.d.sync += ld.eq(self.load.payload)
+
+        def ld_to(mem):
+            return ld_valid & (ld.mem == mem)
+
+        def init(words):
+            return [int(w) for w in words] if at_reset else []
+
+        # Written on the falling edge, from ``ld``: no collision logic around the block RAMs (a
+        # load happens only while the core is idle, when nothing reads them).
+        load_wr = falling_edge_domain(m, "core_load")
+
+        def loadable(name, shape, depth, words, mem):
+            memory = Memory(shape=shape, depth=depth, init=init(words))
+            m.submodules[name] = memory
+            wr = memory.write_port(domain=load_wr)
+            m.d.comb += [wr.en.eq(ld_to(mem)), wr.addr.eq(ld.addr), wr.data.eq(ld.data)]
+            return memory
+
+        m.d.comb += [dispatch.load_rows.eq(ld_to(LoadMemory.ROWS)), dispatch.load_weights.eq(ld_to(LoadMemory.WEIGHTS)),
+                     dispatch.load_addr.eq(ld.addr), dispatch.load_data.eq(ld.data)]
         inits = [[] for _ in range(U)]        # inits[u][k]: unit u's read port of gate k's biases
         for k in ACC_KINDS:
-            mem = Memory(shape=signed(ACC_BITS), depth=max(2, lay.neurons), init=[int(v) for v in img.init[k]])
-            m.submodules[f"init_{k}"] = mem
+            mem = loadable(f"init_{k}", signed(ACC_BITS), max(2, lay.neurons), img.init[k], INIT_MEMORIES[k])
             for u in range(U):
                 inits[u].append(mem.read_port())
-        m.submodules.theta = theta_mem = Memory(shape=lay.theta_word.width, depth=max(2, lay.neurons),
-                                                init=[int(v) for v in img.theta])
-        theta_rd = theta_mem.read_port()
-        m.submodules.readout_bias = ro_bias = Memory(shape=signed(ACC_BITS), depth=max(2, lay.outputs),
-                                                     init=[int(v) for v in img.readout_bias])
+        if at_reset:
+            # The thresholds go into the units' own memories after reset (state LOAD).
+            m.submodules.theta = theta_mem = Memory(shape=lay.theta_word.width, depth=max(2, lay.neurons),
+                                                    init=[int(v) for v in img.theta])
+            theta_rd = theta_mem.read_port()
+        ro_bias = loadable("readout_bias", signed(ACC_BITS), max(2, lay.outputs), img.readout_bias,
+                           LoadMemory.READOUT_BIAS)
         ro_bias_rd = ro_bias.read_port()
 
         # -- sequencer state -----------------------------------------------------------------------
-        state = Signal(range(len(STATE_NAMES)), init=LOAD)
+        state = Signal(range(len(STATE_NAMES)), init=LOAD if at_reset else IDLE)
         self.sequencer_state = state        # for testbenches: cycles per state (STATE_NAMES)
         layer = Signal(range(max(2, L)))
         parity = Signal()
@@ -281,20 +329,27 @@ class SharedCore(wiring.Component):
         m.d.comb += [self.status.busy.eq(state != IDLE), self.status.steps.eq(steps),
                      self.status.cycles.eq(cycles), self.status.step_cycles.eq(step_cycles)]
 
-        # -- LOAD: thresholds into the update unit after reset ------------------------------------------
-        load_k = Signal(range(max(2, lay.neurons) + 1))
+        # -- LOAD: thresholds into the update units after reset (from the image), or from ``load`` --------
         load_v = Signal()
-        m.d.comb += [theta_rd.addr.eq(load_k), theta_rd.en.eq(1)]
-        m.d.sync += load_v.eq(0)
-        load_addr = Signal.like(load_k)
-        with m.If(state == LOAD):
-            with m.If(load_k < lay.neurons):
-                m.d.sync += [load_k.eq(load_k + 1), load_v.eq(1), load_addr.eq(load_k)]
-            with m.Elif(~load_v):
-                m.d.sync += state.eq(IDLE)
+        load_addr = Signal(range(max(2, lay.neurons) + 1))
+        load_theta = Signal(lay.theta_word.width)
+        if at_reset:
+            load_k = Signal(range(max(2, lay.neurons) + 1))
+            m.d.comb += [theta_rd.addr.eq(load_k), theta_rd.en.eq(1)]
+            m.d.sync += load_v.eq(0)
+            with m.If(state == LOAD):
+                with m.If(load_k < lay.neurons):
+                    m.d.sync += [load_k.eq(load_k + 1), load_v.eq(1), load_addr.eq(load_k)]
+                with m.Elif(~load_v):
+                    m.d.sync += state.eq(IDLE)
+            m.d.comb += load_theta.eq(theta_rd.data)
+        with m.If(ld_to(LoadMemory.THETA)):      # only in IDLE, never with the LOAD state's writes
+            m.d.comb += [load_theta.eq(ld.data)]
+        theta_en = load_v | ld_to(LoadMemory.THETA)
+        theta_addr = Mux(load_v, load_addr, ld.addr)
         for unit in units:
-            m.d.comb += [unit.load_en.eq(load_v), unit.load_theta.eq(1), unit.load_addr.eq(load_addr),
-                         unit.load_data.eq(theta_rd.data)]
+            m.d.comb += [unit.load_en.eq(theta_en), unit.load_theta.eq(1), unit.load_addr.eq(theta_addr),
+                         unit.load_data.eq(load_theta)]
 
         # -- src_: the event source, into the event queue ----------------------------------------------
         m.submodules.evq = evq = SyncFIFOBuffered(width=ev_layout.size, depth=4)
@@ -749,6 +804,9 @@ class SharedCore(wiring.Component):
                         m.d.sync += [drain.eq(0)] + step_end
                 else:
                     drained(out_drain, step_end)
+
+        # A model's words go in while nothing reads them: idle, no step's inputs or outputs under way.
+        m.d.comb += self.load.ready.eq((state == IDLE) & (in_left == 0) & ~in_have & ~out_busy & ~self.start)
 
         # The input engine opens for a step when the sequencer waits for one, or (two banks)
         # for the next step during the last layer's sweep.

@@ -38,7 +38,7 @@ input: each index is then a mux of as many shifts as there are grids.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -48,7 +48,7 @@ from egru_accel.quantize.formats import NumberFormats
 
 from .construct import checked_construction
 from .mac_lane import _positive
-from .pipeline import Timeline, radix4_digits, radix4_encode, radix4_latency, radix4_product
+from .pipeline import Timeline, falling_edge_domain, radix4_digits, radix4_encode, radix4_latency, radix4_product
 
 __all__ = ["UpdateUnit", "MULTIPLIERS"]
 
@@ -279,8 +279,7 @@ class UpdateUnit(wiring.Component):
         # read port's own edge would make synthesis build read-first collision logic around the
         # block RAM (about 40 FF and 28 LUT per memory on the iCE40), and no address is ever
         # read and written in one cycle here (a neuron comes again only after ``latency``).
-        m.domains.unit_wr = wr = ClockDomain("unit_wr", clk_edge="neg", local=True, reset_less=True)
-        m.d.comb += wr.clk.eq(ClockSignal("sync"))
+        falling_edge_domain(m, "unit_wr")
         states = Memory(shape=state, depth=self.depth, init=[])
         thetas = Memory(shape=state, depth=self.depth, init=[])
         m.submodules.states, m.submodules.thetas = states, thetas

@@ -43,6 +43,12 @@ next step's rows accumulate while this step's sweep reads), each bank holds the 
 at a power-of-two stride, then come the readout's words. The layers' words are block RAM
 (one memory per bank), the readout's flip-flops.
 
+The core's memories that a model fills are *loadable* (:class:`LoadMemory`): a core built
+without a model at reset (for example with its weights in iCE40 SPRAM, which the bitstream
+cannot initialise) gets them through its load port, one write per word:
+:meth:`SharedRowImage.load_writes` lists those writes, :meth:`SharedRowLayout.load_word` is
+their word (memory, address, data), the one definition the hardware and the host share.
+
 ``init_z = bias_x_z + bias_h_z``, ``init_r`` likewise, ``init_ag = bias_x_g``,
 ``init_hg = bias_h_g`` (the hardware needs only the sums). Accumulators are 32 bits wide
 in every build: a model whose accumulator bound does not fit 32 bits is refused here.
@@ -50,6 +56,7 @@ in every build: a model whose accumulator bound does not fit 32 bits is refused 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +67,7 @@ from .memory import GATE_BITS, Field, LayerLayout, LayoutError, Word
 from .model import QuantModel
 from .packer import _lane_entries
 
-__all__ = ["ACC_BITS", "ACC_KINDS", "PACKINGS", "LaneAddressMap", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
+__all__ = ["ACC_BITS", "ACC_KINDS", "PACKINGS", "LoadMemory", "WEIGHT_MEMORIES", "LaneAddressMap", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
 
 #: How :func:`pack_shared_rows` pads the lanes' shares: per row, or per gate and window.
 PACKINGS = ("unstructured", "lane-window")
@@ -69,6 +76,33 @@ ACC_BITS = 32
 #: The accumulator words of a local neuron, in address order: ``ag`` takes the g gate of
 #: input rows, ``hg`` that of recurrent rows.
 ACC_KINDS = ("z", "r", "ag", "hg")
+#: How the core stores the lanes' weight entries: ``"lanes"``, one memory of entry words per
+#: lane; ``"wide"``, one memory of :attr:`SharedRowLayout.window_word` s for all lanes (an
+#: image packed ``structure="lane-window"`` only).
+WEIGHT_MEMORIES = ("lanes", "wide")
+
+
+class LoadMemory(enum.IntEnum):
+    """The loadable memories of core v2: the ``mem`` of a load write. Addresses: ``ROWS`` a
+    row; ``WEIGHTS`` an entry address (``"wide"``), or lane ``p``'s entry ``e`` at
+    ``p << entry_address_bits | e`` (``"lanes"``); ``INIT_*`` and ``THETA`` a global neuron;
+    ``READOUT_BIAS`` an output. Data: the memory's word (signed values in two's complement)."""
+    ROWS = 0
+    WEIGHTS = 1
+    INIT_Z = 2
+    INIT_R = 3
+    INIT_AG = 4
+    INIT_HG = 5
+    THETA = 6
+    READOUT_BIAS = 7
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+#: The init memory of each accumulator kind.
+INIT_MEMORIES = dict(zip(ACC_KINDS, (LoadMemory.INIT_Z, LoadMemory.INIT_R, LoadMemory.INIT_AG, LoadMemory.INIT_HG)))
 
 
 @dataclass(frozen=True)
@@ -237,6 +271,27 @@ class SharedRowLayout:
     def theta_word(self) -> Word:
         return Word((Field("theta", self.formats.state_bits),))
 
+    @property
+    def entry_address_bits(self) -> int:
+        """Address bits of a lane's weight memory (as built: at least two words)."""
+        return unsigned_bits_for(max(2, self.entries) - 1)
+
+    def weight_word(self, weight_memory: str) -> Word:
+        """The word of the weight memory ``weight_memory`` (:data:`WEIGHT_MEMORIES`)."""
+        if weight_memory not in WEIGHT_MEMORIES:
+            raise ValueError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, not {weight_memory!r}")
+        return self.window_word if weight_memory == "wide" else self.entry_word
+
+    def load_word(self, weight_memory: str) -> Word:
+        """A write of the load port: ``mem`` (a :class:`LoadMemory`), ``addr``, ``data`` (as
+        wide as the widest loadable word)."""
+        weights = self.entry_address_bits + (unsigned_bits_for(self.lanes - 1) if weight_memory == "lanes" else 0)
+        addr = max(weights, unsigned_bits_for(max(2, self.rows) - 1), unsigned_bits_for(max(2, self.neurons) - 1),
+                   unsigned_bits_for(max(2, self.outputs) - 1))
+        width = max(self.row_word.width, self.weight_word(weight_memory).width, ACC_BITS, self.theta_word.width)
+        return Word((Field("mem", unsigned_bits_for(len(LoadMemory) - 1)), Field("addr", addr),
+                     Field("data", width)))
+
     def row_offset(self, layer: int, use: str) -> int:
         """What to add to a global neuron index of ``layer`` to get the row its event fetches:
         ``use`` is ``"recurrent"`` (the layer's own rows), ``"input"`` (the next layer's input
@@ -294,6 +349,38 @@ class SharedRowImage:
             fields[f"value{p}"] = e["value"]
             fields[f"offset{p}"] = e["target"] % WINDOW
         return ww.pack(**fields)
+
+
+    def load_writes(self, weight_memory: str) -> list[tuple[int, int, int]]:
+        """Every write that fills a core built for this layout with this image, as
+        (:class:`LoadMemory`, address, data) in load order: rows, weights, biases, thresholds,
+        readout biases. Data are the memories' words as unsigned integers."""
+        lay = self.layout
+        lay.weight_word(weight_memory)       # a bad weight_memory fails here
+        writes: list[tuple[int, int, int]] = []
+
+        def add(mem, words, bits, base=0):
+            mask = (1 << bits) - 1
+            writes.extend((int(mem), base + a, int(w) & mask) for a, w in enumerate(words))
+
+        add(LoadMemory.ROWS, self.rows, lay.row_word.width)
+        if weight_memory == "wide":
+            add(LoadMemory.WEIGHTS, self.window_words(), lay.window_word.width)
+        else:
+            for p, words in enumerate(self.weights):
+                add(LoadMemory.WEIGHTS, words, lay.entry_word.width, base=p << lay.entry_address_bits)
+        for k in ACC_KINDS:
+            add(INIT_MEMORIES[k], self.init[k], ACC_BITS)
+        add(LoadMemory.THETA, self.theta, lay.theta_word.width)
+        add(LoadMemory.READOUT_BIAS, self.readout_bias, ACC_BITS)
+        return writes
+
+    def load_payloads(self, weight_memory: str) -> list[int]:
+        """:meth:`load_writes` as :meth:`SharedRowLayout.load_word` payloads (Python ints: the
+        data of a wide weight word may exceed 64 bits)."""
+        word = self.layout.load_word(weight_memory)
+        at_addr, at_data = word.offset("addr"), word.offset("data")
+        return [mem | addr << at_addr | data << at_data for mem, addr, data in self.load_writes(weight_memory)]
 
 
 def _padded_rows(parts, gates: int, windows: int | None = None):

@@ -28,6 +28,7 @@ from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
 
 from egru_accel.boards.nextpnr import parse_nextpnr_log
+from egru_accel.hw.config import WEIGHT_RAMS
 from egru_accel.hw.dispatch import WEIGHT_MEMORIES
 from egru_accel.quantize.shared_rows import PACKINGS
 
@@ -43,7 +44,8 @@ def shared_core(args):
     image = pack_shared_rows(QuantModel.load(args.model), args.lanes, structure=args.structure)
     ice40 = args.family == "ice40"
     config = SharedCoreConfig(lane="sb_mac16" if ice40 else "fabric", multipliers="logic" if ice40 else "dsp",
-                              banks=args.banks, units=args.units, weight_memory=args.weight_memory)
+                              banks=args.banks, units=args.units, weight_memory=args.weight_memory,
+                              weight_ram=args.weight_ram, model_at_reset=not args.empty)
     return SharedCore(image, config)
 
 
@@ -136,6 +138,11 @@ def main(argv=None):
                     help="shared_core: how the weights are packed (pack_shared_rows)")
     ap.add_argument("--weight-memory", choices=WEIGHT_MEMORIES, default="lanes",
                     help="shared_core: one weight memory per lane, or one wide one (needs lane-window)")
+    ap.add_argument("--weight-ram", choices=WEIGHT_RAMS, default="inferred",
+                    help="shared_core: where the weight memory lives (ice40_spram needs --empty)")
+    ap.add_argument("--empty", action="store_true",
+                    help="shared_core: the memories start empty (model_at_reset=False; the model comes "
+                         "through the load port)")
     ap.add_argument("--hierarchy", action="store_true",
                     help="synthesise without flattening and write each module's cells (no place and route)")
     ap.add_argument("--pack-only", action="store_true",
@@ -148,7 +155,8 @@ def main(argv=None):
     result = {"unit": args.unit, "family": args.family, "target_mhz": args.freq, "seeds": []}
     if args.unit == "shared_core":
         result.update(model=args.model, lanes=args.lanes, banks=args.banks, units=args.units,
-                      structure=args.structure, weight_memory=args.weight_memory)
+                      structure=args.structure, weight_memory=args.weight_memory, weight_ram=args.weight_ram,
+                      model_at_reset=not args.empty)
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         tmp = os.path.relpath(tmp)
         Path(tmp, "top.v").write_text(text)

@@ -429,6 +429,7 @@ def run_cocotb(
     waves: bool | Literal["fst", "vcd"] = False,
     timeout_s: float | None = None,
     simulator: str | None = None,
+    defines: Mapping[str, object] | None = None,
 ) -> SimResults:
     """Compile *verilog_sources* and run the cocotb tests in *test_module* on *simulator*.
 
@@ -457,6 +458,8 @@ def run_cocotb(
             ``os.environ``. These override variables of the same name in the
             caller's environment. See :func:`write_json_config`.
         parameters: Verilog parameters of the top level (``-P`` options).
+        defines: Verilog macros (``-D`` options), e.g.
+            :data:`sim.verilog.ICE40_CELLS_DEFINES` with the vendor models.
         waves: ``False`` (default; the ``WAVES`` environment variable can still
             turn on FST), ``True`` or ``"fst"`` for an FST file, ``"vcd"`` for a
             VCD file, written to ``{build_dir}/{toplevel}.fst`` / ``.vcd``. On
@@ -549,6 +552,7 @@ def run_cocotb(
                 build_dir=build_path,
                 build_args=build_args,
                 parameters=dict(parameters or {}),
+                defines=dict(defines or {}),
                 timescale=("1ns", "1ps"),
                 always=simulator == "icarus",
                 waves=simulator == "verilator" and wave_format is not None,

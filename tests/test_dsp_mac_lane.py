@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 
 from egru_accel.hw.dsp_mac_lane import DSPMacLane
 
-from helpers import ice40_cells_sim as _cells_sim
+from egru_accel.sim.verilog import ice40_cells_sim as _cells_sim
 
 FIELDS = ("i_valid", "i_addr", "i_weight", "i_value", "i_align",
           "sweep_rd_en", "sweep_rd_addr", "sweep_wr_en", "sweep_wr_addr", "sweep_wr_data")

