@@ -28,6 +28,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
+from .pipeline import falling_edge_domain
 
 __all__ = ["MacLane", "RegisterAccumulators", "check_lane_arguments", "register_ports"]
 
@@ -90,8 +91,18 @@ class RegisterAccumulators:
     """
 
     def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1,
-                 sweep_registers: bool = True):
+                 sweep_registers: bool = True, write_edge: str = "rise"):
         self.m, self.shape = m, shape
+        # "fall": the block RAMs are written on the falling edge (:func:`~hw.pipeline.falling_edge_domain`),
+        # which spares the collision logic yosys builds around an iCE40 block RAM written on its
+        # read edge. A write is then seen by the reads issued in its own cycle (a lane's
+        # forwarding gives the same value there), so the sweep's write goes a cycle later than
+        # its read of the same word; the caller passes the entry's bank selects registered
+        # (:meth:`ram_select`), so that only a 2:1 mux stands before the half-cycle write.
+        if write_edge not in ("rise", "fall"):
+            raise ValueError(f"write_edge must be rise or fall, not {write_edge!r}")
+        self.write_edge = write_edge
+        domain = falling_edge_domain(m, "acc_wr") if write_edge == "fall" else "sync"
         # False: the sweep port never addresses a register word (a core whose readout leaves
         # through the take port), which saves its muxes on every register word.
         self.sweep_registers = sweep_registers
@@ -112,7 +123,7 @@ class RegisterAccumulators:
             mem = Memory(shape=shape, depth=max(2, ram_depth), init=[])
             m.submodules[f"mem{b}" if banks > 1 else "mem"] = mem
             self.rds.append(mem.read_port())
-            self.wrs.append(mem.write_port())
+            self.wrs.append(mem.write_port(domain=domain))
         self.words = [Signal(shape, name=f"reg_acc{j}") for j in range(registers)]
         self.sweep_data = Signal(shape)
         self.take_data = Signal(shape)
@@ -189,16 +200,33 @@ class RegisterAccumulators:
         m.d.sync += [data1.eq(out), self.take_data.eq(data1)]
         self._take = (en, index)
 
-    def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data):
+    def ram_select(self, en, addr):
+        """Per bank: whether an access (``en``, ``addr``) goes to that bank's block RAM."""
+        return [self._in_bank(en, addr, b) for b in range(self.banks)]
+
+    def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data, entry_ram=None):
         """This cycle's writes: an entry's sum and a sweep word (and a take's clear); on one
-        memory or one register the entry wins, then the sweep (the caller keeps them apart)."""
+        memory or one register the entry wins, then the sweep (the caller keeps them apart).
+        ``entry_ram``: :meth:`ram_select` of the entry, registered (required with
+        ``write_edge="fall"``)."""
         m = self.m
+        if self.write_edge == "fall" and entry_ram is None:
+            raise ValueError("write_edge='fall' needs the entry's registered ram_select")
         for b, wr in enumerate(self.wrs):
-            entry_here = self._in_bank(entry_en, entry_addr, b)
+            entry_here = self._in_bank(entry_en, entry_addr, b) if entry_ram is None else entry_ram[b]
             sweep_here = self._in_bank(sweep_en, sweep_addr, b)
+            s_addr, s_data = self._low(sweep_addr), sweep_data
+            if self.write_edge == "fall":
+                # A cycle after the sweep's read of the same word (reads see falling-edge writes
+                # of their own cycle).
+                late = Signal(name=f"sweep_wr{b}_en")
+                s_addr, s_data = Signal.like(self._low(sweep_addr), name=f"sweep_wr{b}_addr"), \
+                    Signal(self.shape, name=f"sweep_wr{b}_data")
+                m.d.sync += [late.eq(sweep_here), s_addr.eq(self._low(sweep_addr)), s_data.eq(sweep_data)]
+                sweep_here = late
             m.d.comb += [wr.en.eq(entry_here | sweep_here),
-                         wr.addr.eq(Mux(entry_here, self._low(entry_addr), self._low(sweep_addr))),
-                         wr.data.eq(Mux(entry_here, entry_data, sweep_data))]
+                         wr.addr.eq(Mux(entry_here, self._low(entry_addr), s_addr)),
+                         wr.data.eq(Mux(entry_here, entry_data, s_data))]
         for j, (hit_e, hit_s, word) in enumerate(zip(self._hits(entry_addr), self._hits(sweep_addr), self.words)):
             with m.If(entry_en & hit_e):
                 m.d.sync += word.eq(entry_data)

@@ -272,7 +272,9 @@ class SharedCore(wiring.Component):
 
         # -- memories of the core: events, biases, thresholds ------------------------------------
         m.submodules.events = events = Memory(shape=ev_word.width, depth=lay.event_depth, init=[])
-        ev_rd, ev_wr = events.read_port(), events.write_port()
+        # Written on the falling edge (no collision logic): the source and the readout engine
+        # read only addresses behind the write pointer, never the one being written.
+        ev_rd, ev_wr = events.read_port(), events.write_port(domain=falling_edge_domain(m, "events_wr"))
         # -- ld_: a model's words from ``load``, registered, then written ---------------------------
         ld_valid = Signal()
         ld = Signal(lay.load_word(self.config.weight_memory).struct_layout())
