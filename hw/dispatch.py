@@ -29,7 +29,7 @@ from egru_accel.quantize.shared_rows import WEIGHT_MEMORIES, SharedRowImage, Sha
 
 from .config import WEIGHT_RAMS
 from .construct import checked_construction
-from .pipeline import falling_edge_domain
+from .pipeline import NO_RW_COLLISIONS
 from .spram import ICE40WeightRAM
 
 __all__ = ["WEIGHT_MEMORIES", "check_weight_memory", "check_weight_ram", "EventDispatcher", "EventLayout", "LaneEntrySignature", "KIND_INPUT", "KIND_RECURRENT",
@@ -137,11 +137,10 @@ class EventDispatcher(wiring.Component):
         def init(words):
             return [int(w) for w in words] if self.model_at_reset else []
 
-        # The load port's writes on the falling edge: no collision logic around the block RAMs
-        # (a load happens only while no event is inside, so no read sees it).
-        load_wr = falling_edge_domain(m, "dispatch_load")
-        m.submodules.rows = rows = Memory(shape=row_word.width, depth=max(2, lay.rows), init=init(img.rows))
-        rows_rd, rows_wr = rows.read_port(), rows.write_port(domain=load_wr)
+        # A load happens only while no event is inside: no read needs a write of its cycle kept out.
+        m.submodules.rows = rows = Memory(shape=row_word.width, depth=max(2, lay.rows), init=init(img.rows),
+                                          attrs=NO_RW_COLLISIONS)
+        rows_rd, rows_wr = rows.read_port(), rows.write_port()
         m.d.comb += [rows_wr.en.eq(self.load_rows), rows_wr.addr.eq(self.load_addr), rows_wr.data.eq(self.load_data)]
         # One weight memory (``wide``) or one per lane, each with a read port ``.addr``/``.data``
         # (data one cycle after the address) and written from the load port.
@@ -159,8 +158,9 @@ class EventDispatcher(wiring.Component):
                 m.submodules[name] = rd = ICE40WeightRAM(width=width, depth=depth)
                 m.d.comb += [rd.w_en.eq(write), rd.w_addr.eq(self.load_addr[:entry_bits]), rd.w_data.eq(self.load_data)]
             else:
-                m.submodules[name] = mem = Memory(shape=width, depth=depth, init=init(image_words))
-                rd, wr = mem.read_port(), mem.write_port(domain=load_wr)
+                m.submodules[name] = mem = Memory(shape=width, depth=depth, init=init(image_words),
+                                                  attrs=NO_RW_COLLISIONS)
+                rd, wr = mem.read_port(), mem.write_port()
                 m.d.comb += [rd.en.eq(1), wr.en.eq(write), wr.addr.eq(self.load_addr[:entry_bits]),
                              wr.data.eq(self.load_data)]
             weights.append(rd)

@@ -104,10 +104,10 @@ class DSPMacLane(wiring.Component):
         m = Module()
         addr_shape = self.i_addr.shape()
         acc = signed(32)
-        # The block RAMs written on the falling edge, from the DSP's output register: no collision
-        # logic around them (about 40 FF and 28 LUT each on the iCE40).
+        # The sweep's write a cycle late: no collision logic around the block RAMs (about 40 FF
+        # and 28 LUT each on the iCE40).
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
-                                    banks=self.banks, sweep_registers=self.sweep_registers, write_edge="fall")
+                                    banks=self.banks, sweep_registers=self.sweep_registers, late_sweep_write=True)
 
         operand = Signal(signed(16))
         m.d.comb += operand.eq(self.i_weight << self.i_align)
@@ -136,9 +136,7 @@ class DSPMacLane(wiring.Component):
         m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, entry_data)))
 
         take_registers(regs, self)
-        a3_ram = [Signal(name=f"a3_ram{b}") for b in range(self.banks)]
-        m.d.sync += [r.eq(sel) for r, sel in zip(a3_ram, regs.ram_select(a2_valid, a2_addr))]
-        regs.write(a3_valid, a3_addr, o, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data, entry_ram=a3_ram)
+        regs.write(a3_valid, a3_addr, o, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data)
         # The sweep reads two cycles after its address: one for the block RAM, one register.
         m.d.comb += self.sweep_rd_data.eq(regs.sweep_data)
         return m

@@ -28,9 +28,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
-from .pipeline import falling_edge_domain
+from .pipeline import NO_RW_COLLISIONS, collisions_poisoned
 
-__all__ = ["MacLane", "RegisterAccumulators", "check_lane_arguments", "register_ports"]
+__all__ = ["MacLane", "RegisterAccumulators", "TAKE_LATENCY", "check_lane_arguments", "register_ports"]
 
 
 def _positive(name, value, low=1):
@@ -65,11 +65,15 @@ def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, op
 
 def register_ports(registers: int, acc_bits: int) -> dict:
     """A lane's port for taking its register words (``take_en``, ``take_index``; the word on
-    ``take_data`` two cycles later, and cleared): the readout's outputs leave through it while
+    ``take_data`` :data:`TAKE_LATENCY` cycle later, and cleared): the readout's outputs leave through it while
     the sweep uses the sweep port."""
     if not registers:
         return {}
     return {"take_en": In(1), "take_index": In(range(max(2, registers))), "take_data": Out(signed(acc_bits))}
+
+
+#: Cycles from a take (``take_en``) to its word on ``take_data``.
+TAKE_LATENCY = 1
 
 
 def take_registers(regs: "RegisterAccumulators", lane) -> None:
@@ -87,22 +91,18 @@ class RegisterAccumulators:
     With two banks the bank is the address bit above ``(depth - registers) / 2`` words (a
     power of two), and an entry in one bank and a sweep access in the other use different
     ports. Reads behave alike on every kind of word (data one cycle after the address, writes
-    of that cycle not seen), so a lane's forwarding covers them all.
+    of that cycle not seen, except a block RAM's with ``late_sweep_write``, where they are
+    undefined), so a lane's forwarding covers them all.
     """
 
     def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1,
-                 sweep_registers: bool = True, write_edge: str = "rise"):
+                 sweep_registers: bool = True, late_sweep_write: bool = False):
         self.m, self.shape = m, shape
-        # "fall": the block RAMs are written on the falling edge (:func:`~hw.pipeline.falling_edge_domain`),
-        # which spares the collision logic yosys builds around an iCE40 block RAM written on its
-        # read edge. A write is then seen by the reads issued in its own cycle (a lane's
-        # forwarding gives the same value there), so the sweep's write goes a cycle later than
-        # its read of the same word; the caller passes the entry's bank selects registered
-        # (:meth:`ram_select`), so that only a 2:1 mux stands before the half-cycle write.
-        if write_edge not in ("rise", "fall"):
-            raise ValueError(f"write_edge must be rise or fall, not {write_edge!r}")
-        self.write_edge = write_edge
-        domain = falling_edge_domain(m, "acc_wr") if write_edge == "fall" else "sync"
+        # True: the sweep's write of a block-RAM word goes a cycle after its read of it, so that
+        # no read needs a write of its cycle kept out, and the memories are built without
+        # yosys's collision logic (:data:`~hw.pipeline.NO_RW_COLLISIONS`). An entry's read that
+        # meets the write of the entry two ahead is covered by the lane's forwarding.
+        self.late_sweep_write = late_sweep_write
         # False: the sweep port never addresses a register word (a core whose readout leaves
         # through the take port), which saves its muxes on every register word.
         self.sweep_registers = sweep_registers
@@ -120,10 +120,11 @@ class RegisterAccumulators:
             ram_depth = depth
         self.rds, self.wrs = [], []
         for b in range(banks):
-            mem = Memory(shape=shape, depth=max(2, ram_depth), init=[])
+            mem = Memory(shape=shape, depth=max(2, ram_depth), init=[],
+                         attrs=NO_RW_COLLISIONS if late_sweep_write else None)
             m.submodules[f"mem{b}" if banks > 1 else "mem"] = mem
             self.rds.append(mem.read_port())
-            self.wrs.append(mem.write_port(domain=domain))
+            self.wrs.append(mem.write_port())
         self.words = [Signal(shape, name=f"reg_acc{j}") for j in range(registers)]
         self.sweep_data = Signal(shape)
         self.take_data = Signal(shape)
@@ -152,10 +153,23 @@ class RegisterAccumulators:
         return en & ~self.is_register(addr) & (self._bank(addr) == b)
 
     def _ram_data(self, bank_reg):
-        data = self.rds[0].data
+        data = [self._poisoned(b) for b in range(self.banks)]
+        out = data[0]
         for b in range(1, self.banks):
-            data = Mux(bank_reg == b, self.rds[b].data, data)
-        return data
+            out = Mux(bank_reg == b, data[b], out)
+        return out
+
+    def _poisoned(self, b):
+        """Bank ``b``'s read data; under :func:`~hw.pipeline.poisoned_collisions` (simulation
+        only) garbage after a read of the address written in the same cycle, which the
+        ``no_rw_check`` memories leave undefined."""
+        rd = self.rds[b]
+        if not (self.late_sweep_write and collisions_poisoned()):
+            return rd.data
+        wr = self.wrs[b]
+        hit = Signal(name=f"collision{b}")
+        self.m.d.sync += hit.eq(wr.en & (wr.addr == rd.addr))
+        return Mux(hit, rd.data ^ 0x5A5A5A5A, rd.data)
 
     def read(self, entry_addr, sweep_en, sweep_addr):
         """Issue an entry's read and the sweep's: the entry's data one cycle later (returned),
@@ -189,36 +203,26 @@ class RegisterAccumulators:
         return entry_data
 
     def take(self, en, index):
-        """Read register word ``index`` and clear it (``take_data`` two cycles later, 0 two
-        cycles after a cycle without ``en``), through a port of its own: the sweep's and the
-        entries' ports stay free."""
+        """Read register word ``index`` and clear it (``take_data`` :data:`TAKE_LATENCY` cycle
+        later, 0 after a cycle without ``en``), through a port of its own: the sweep's and the
+        entries' ports stay free. One register per lane: a core ORs the lanes' words and
+        registers the OR once, instead of every lane registering its word twice."""
         m = self.m
-        data1 = Signal(self.shape)
         out = Const(0, self.shape)
         for j, word in enumerate(self.words):
             out = Mux(en & (index == j), word, out)
-        m.d.sync += [data1.eq(out), self.take_data.eq(data1)]
+        m.d.sync += self.take_data.eq(out)
         self._take = (en, index)
 
-    def ram_select(self, en, addr):
-        """Per bank: whether an access (``en``, ``addr``) goes to that bank's block RAM."""
-        return [self._in_bank(en, addr, b) for b in range(self.banks)]
-
-    def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data, entry_ram=None):
+    def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data):
         """This cycle's writes: an entry's sum and a sweep word (and a take's clear); on one
-        memory or one register the entry wins, then the sweep (the caller keeps them apart).
-        ``entry_ram``: :meth:`ram_select` of the entry, registered (required with
-        ``write_edge="fall"``)."""
+        memory or one register the entry wins, then the sweep (the caller keeps them apart)."""
         m = self.m
-        if self.write_edge == "fall" and entry_ram is None:
-            raise ValueError("write_edge='fall' needs the entry's registered ram_select")
         for b, wr in enumerate(self.wrs):
-            entry_here = self._in_bank(entry_en, entry_addr, b) if entry_ram is None else entry_ram[b]
+            entry_here = self._in_bank(entry_en, entry_addr, b)
             sweep_here = self._in_bank(sweep_en, sweep_addr, b)
             s_addr, s_data = self._low(sweep_addr), sweep_data
-            if self.write_edge == "fall":
-                # A cycle after the sweep's read of the same word (reads see falling-edge writes
-                # of their own cycle).
+            if self.late_sweep_write:
                 late = Signal(name=f"sweep_wr{b}_en")
                 s_addr, s_data = Signal.like(self._low(sweep_addr), name=f"sweep_wr{b}_addr"), \
                     Signal(self.shape, name=f"sweep_wr{b}_data")

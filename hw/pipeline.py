@@ -17,10 +17,39 @@ narrow operand as a code word from a table (:func:`radix4_encode`): half the row
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Mux, Shape, Signal, Value, signed, unsigned
 
-__all__ = ["falling_edge_domain", "Timeline", "radix4_digits", "radix4_encode", "radix4_latency", "radix4_product", "shift_add_latency",
+__all__ = ["NO_RW_COLLISIONS", "poisoned_collisions", "collisions_poisoned", "falling_edge_domain", "Timeline", "radix4_digits", "radix4_encode", "radix4_latency", "radix4_product", "shift_add_latency",
            "shift_add_product", "split_add"]
+
+
+#: ``attrs`` of a :class:`~amaranth.lib.memory.Memory` none of whose reads needs a write to the
+#: same address in the same cycle kept out (never the same address, or a read whose data is
+#: then not used): yosys's ``no_rw_check``, which spares the read-first collision logic it
+#: otherwise builds around an iCE40 block RAM (about 40 FF and 28 LUT per memory).
+NO_RW_COLLISIONS = {"no_rw_check": 1}
+
+_POISON = contextvars.ContextVar("egru_accel_poison_collisions", default=False)
+
+
+@contextlib.contextmanager
+def poisoned_collisions():
+    """Within it, designs elaborated model the collisions :data:`NO_RW_COLLISIONS` leaves
+    undefined as garbage (for simulation: the Amaranth simulator otherwise gives the old word,
+    which would hide a design that relies on it)."""
+    token = _POISON.set(True)
+    try:
+        yield
+    finally:
+        _POISON.reset(token)
+
+
+def collisions_poisoned() -> bool:
+    """Whether :func:`poisoned_collisions` is in effect."""
+    return _POISON.get()
 
 
 def falling_edge_domain(m, name: str) -> str:

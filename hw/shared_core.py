@@ -39,7 +39,7 @@ from .dispatch import (KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, Eve
                        check_weight_memory, check_weight_ram)
 from .dsp_mac_lane import DSPMacLane
 from .mac_lane import MacLane
-from .pipeline import Timeline, falling_edge_domain
+from .pipeline import NO_RW_COLLISIONS, Timeline
 from .readout_engine import ReadoutEngine
 from .update_unit import MULTIPLIERS, UpdateUnit
 
@@ -271,10 +271,11 @@ class SharedCore(wiring.Component):
                                                           macs=self.config.readout_macs, value_bits=VALUE_BITS)
 
         # -- memories of the core: events, biases, thresholds ------------------------------------
-        m.submodules.events = events = Memory(shape=ev_word.width, depth=lay.event_depth, init=[])
-        # Written on the falling edge (no collision logic): the source and the readout engine
-        # read only addresses behind the write pointer, never the one being written.
-        ev_rd, ev_wr = events.read_port(), events.write_port(domain=falling_edge_domain(m, "events_wr"))
+        # The source and the readout engine read only addresses behind the write pointer, never
+        # the one being written.
+        m.submodules.events = events = Memory(shape=ev_word.width, depth=lay.event_depth, init=[],
+                                              attrs=NO_RW_COLLISIONS)
+        ev_rd, ev_wr = events.read_port(), events.write_port()
         # -- ld_: a model's words from ``load``, registered, then written ---------------------------
         ld_valid = Signal()
         ld = Signal(lay.load_word(self.config.weight_memory).struct_layout())
@@ -288,14 +289,11 @@ class SharedCore(wiring.Component):
         def init(words):
             return [int(w) for w in words] if at_reset else []
 
-        # Written on the falling edge, from ``ld``: no collision logic around the block RAMs (a
-        # load happens only while the core is idle, when nothing reads them).
-        load_wr = falling_edge_domain(m, "core_load")
-
         def loadable(name, shape, depth, words, mem):
-            memory = Memory(shape=shape, depth=depth, init=init(words))
+            # A load happens only while the core is idle, when no read's data is used.
+            memory = Memory(shape=shape, depth=depth, init=init(words), attrs=NO_RW_COLLISIONS)
             m.submodules[name] = memory
-            wr = memory.write_port(domain=load_wr)
+            wr = memory.write_port()
             m.d.comb += [wr.en.eq(ld_to(mem)), wr.addr.eq(ld.addr), wr.data.eq(ld.data)]
             return memory
 
@@ -528,11 +526,12 @@ class SharedCore(wiring.Component):
         out_sum = Signal(signed(ACC_BITS))
         out_acc = Signal(signed(ACC_BITS))
         if engine is None:
-            # One lane takes per cycle, and the others' take_data is 0.
+            # One lane takes per cycle, and the others' take_data is 0. Their data comes a cycle
+            # after the issue (mac_lane.TAKE_LATENCY), the OR, registered, in 2.
             word = Const(0, signed(ACC_BITS))
             for lane in lanes:
                 word = word | lane.take_data
-            m.d.comb += out_acc.eq(word)
+            m.d.sync += out_acc.eq(word)
         else:
             m.d.comb += [out_acc.eq(engine.take_data), engine.take_en.eq(out_issue), engine.take_index.eq(out_o)]
         m.d.comb += out_sum.eq(out_acc + out_bias)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import subprocess
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -189,6 +190,9 @@ def main(argv=None):
                 util = parse_nextpnr_log(Path(tmp, "nextpnr.log").read_text())["utilisation"]
                 result["packed"] = {k: v for k, v in util.items() if v["used"]}
                 break
+            # The log beside the JSON, for the paths the parser does not summarise (edge to edge).
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp, "nextpnr.log"), f"{args.out}.seed{seed}.nextpnr.log")
             r = parse_nextpnr_log(Path(tmp, "nextpnr.log").read_text())
             used = {k: v["used"] for k, v in r["utilisation"].items() if v["used"]}
             paths = {clock: {k: p[k] for k in ("start", "end", "total_ns", "logic_ns", "routing_ns")}

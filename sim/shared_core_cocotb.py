@@ -66,7 +66,8 @@ def _image_key(image: SharedRowImage, config: SharedCoreConfig) -> str:
               "init": {k: np.asarray(v, dtype=np.int64).tolist() for k, v in sorted(image.init.items())},
               "theta": np.asarray(image.theta, dtype=np.int64).tolist(),
               "readout_bias": np.asarray(image.readout_bias, dtype=np.int64).tolist()}
-    data = {"amaranth": amaranth.__version__,
+    from egru_accel.hw.pipeline import collisions_poisoned
+    data = {"amaranth": amaranth.__version__, "poisoned_collisions": collisions_poisoned(),
             "sources": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sources},
             "config": dataclasses.asdict(config), "layout": image.layout.to_dict(), "image": arrays}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -25,3 +25,13 @@ def pytest_configure(config):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_collisions():
+    """Every design a test elaborates models the read-write collisions its ``no_rw_check``
+    memories leave undefined as garbage (hw.pipeline.poisoned_collisions): a design that read
+    such a word would fail its test instead of passing on the simulator's old-data answer."""
+    from egru_accel.hw.pipeline import poisoned_collisions
+    with poisoned_collisions():
+        yield

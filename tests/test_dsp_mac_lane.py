@@ -11,6 +11,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from egru_accel.hw.dsp_mac_lane import DSPMacLane
+from egru_accel.hw.mac_lane import TAKE_LATENCY
 
 from egru_accel.sim.verilog import ice40_cells_sim as _cells_sim
 
@@ -243,7 +244,7 @@ def take_schedule(rng, depth, registers, entries=100):
         cyc = dict(quiet)
         if c % 3 == 0:
             j = c // 3
-            expected.append((len(cycles) + 2, acc[base + j]))
+            expected.append((len(cycles) + TAKE_LATENCY, acc[base + j]))
             acc[base + j] = 0
             cyc.update(take_en=1, take_index=j)
         entry(cyc, int(rng.integers(base)))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from egru_accel.hw.mac_lane import MacLane
+from egru_accel.hw.mac_lane import TAKE_LATENCY, MacLane
 
 
 def wrap(v, bits):
@@ -136,8 +136,9 @@ def test_word_kinds_overlap(depth, registers, banks):
 
 @pytest.mark.parametrize("kind", ["fabric", "dsp_model"])
 def test_words_are_zero_after_cycles_without_a_read(kind):
-    """A core ORs the lanes' sweep and take words: each must be 0 two cycles after a cycle
-    that did not read it, whatever the memory and the registers hold."""
+    """A core ORs the lanes' sweep and take words: each must be 0 two cycles (the sweep's) or
+    TAKE_LATENCY cycles (the take's) after a cycle that did not read it, whatever the memory and
+    the registers hold."""
     from egru_accel.hw.dsp_mac_lane import DSPMacLane
     lane = (MacLane(depth=8, weight_bits=8, max_align=2, registers=2) if kind == "fabric"
             else DSPMacLane(depth=8, weight_bits=8, max_align=2, registers=2, dsp="model"))
@@ -159,7 +160,7 @@ def test_words_are_zero_after_cycles_without_a_read(kind):
             ctx.set(lane.take_index, int(rng.integers(2)))
             history.append((rd, take))
             if len(history) > 2:
-                was_rd, was_take = history[-3]
+                was_rd, was_take = history[-3][0], history[-1 - TAKE_LATENCY][1]
                 sweep, took = ctx.get(lane.sweep_rd_data), ctx.get(lane.take_data)
                 seen["nonzero"] += (sweep != 0) + (took != 0)
                 if not was_rd:
