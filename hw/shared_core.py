@@ -16,9 +16,10 @@ Stage prefixes: ``src_`` event source, ``in_`` inputs, ``sw_`` sweep (``sw{k}_``
 read), ``clr_`` bank clear, ``ro_`` events to the readout engine, ``out_`` output reads. Every
 memory output lands in a register before logic uses it.
 
-The sweep reads gate k of the u-th neuron of group j in cycle ``j * spacing + k`` from that
-neuron's lane (``spacing = ceil(4 / floor(P / U))``, so no lane is read twice in a cycle); each
-gate's word then waits as long as the update unit's ``offsets`` ask.
+The sweep reads gate k of the u-th neuron of group j in cycle ``j * spacing + slots[k]`` from
+that neuron's lane (``spacing = ceil(4 / floor(P / U))``, and :func:`sweep_slots` as late as
+the update unit's ``offsets`` allow, so that no lane is read twice in a cycle and the words wait
+as little as may be for the unit).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .pipeline import NO_RW_COLLISIONS, Timeline
 from .readout_engine import ReadoutEngine
 from .update_unit import MULTIPLIERS, UpdateUnit
 
-__all__ = ["SharedCore", "SharedCoreConfig", "LANE_KINDS", "READOUTS", "STATE_NAMES"]
+__all__ = ["SharedCore", "SharedCoreConfig", "sweep_slots", "LANE_KINDS", "READOUTS", "STATE_NAMES"]
 
 #: ``"fabric"``: :class:`~hw.mac_lane.MacLane` (adds in the fabric; ECP5); ``"dsp_model"`` /
 #: ``"sb_mac16"``: :class:`~hw.dsp_mac_lane.DSPMacLane` (adds in the iCE40's SB_MAC16), as an
@@ -135,16 +136,34 @@ STATE_NAMES = ("load", "idle", "acc_in", "acc_rec", "drain", "sweep", "ro_drain"
 LOAD, IDLE, ACC_IN, ACC_REC, DRAIN, SWEEP, RO_DRAIN = range(len(STATE_NAMES))
 
 
-def sweep_classes(lanes: int, units: int, spacing: int) -> list[list[int]]:
+def sweep_slots(offsets: dict, lanes: int, units: int, spacing: int) -> tuple[int, ...]:
+    """The cycle after its group's issue in which the sweep reads each gate (in
+    :data:`ACC_KINDS` order), so that the words reach the update unit at its ``offsets`` with
+    as few delay registers as may be: gates in the order the unit takes them, each as late as
+    its offset allows. With one unit (groups every ``spacing`` cycles, never later) a lane's
+    reads fit before its next neuron (``spacing * floor(P / U)`` cycles on) or the slots are
+    0, 1, 2, 3; with several units (groups that may wait) they are 0, 1, 2, 3."""
+    plain = (0, 1, 2, 3)
+    if units != 1:
+        return plain
+    low = min(offsets[g] for g in ACC_KINDS)
+    slots, last = [0] * 4, -1
+    for k in sorted(range(4), key=lambda k: (offsets[ACC_KINDS[k]], k)):
+        slots[k] = last = max(last + 1, offsets[ACC_KINDS[k]] - low)
+    return tuple(slots) if max(slots) < spacing * (lanes // units) else plain
+
+
+def sweep_classes(lanes: int, units: int, spacing: int, slots=(0, 1, 2, 3)) -> list[list[int]]:
     """The lanes in classes that the sweep never reads in one cycle: group g of U neurons
-    issues every ``spacing`` cycles (or later, when it waits), unit u reading gate k of lane
-    ``(g U + u) % P`` in cycle ``g spacing + k``. Greedy colouring of the lanes read together."""
+    issues every ``spacing`` cycles (or later, when it waits, with ``slots`` 0, 1, 2, 3), unit
+    u reading gate k of lane ``(g U + u) % P`` in cycle ``g spacing + slots[k]``. Greedy
+    colouring of the lanes read together."""
     P, U = lanes, units
     busy = {}
     for g in range(4 * P):
         for u in range(U):
             for k in range(4):
-                busy.setdefault(g * spacing + k, set()).add((g * U + u) % P)
+                busy.setdefault(g * spacing + slots[k], set()).add((g * U + u) % P)
     together = {p: set() for p in range(P)}
     for read in busy.values():
         for p in read:
@@ -488,17 +507,22 @@ class SharedCore(wiring.Component):
                 stmts += [sw_lane[u].eq(u % P), sw_local[u].eq(u // P)]
             return stmts
 
-        # The neuron records, shifted: stage k reads gate k.
+        # The neuron records, shifted: stage slots[k] reads gate k.
+        offsets = getattr(units[0], "offsets", {k: 0 for k in ACC_KINDS})
+        slots = sweep_slots(offsets, P, U, sp)
+        n_stages = max(slots) + 1
         record = data.StructLayout({"valid": 1, "lane": range(max(2, P)), "addr": range(amap.depth),
                                     "neuron": range(max(2, lay.neurons)), "layer": range(max(2, L)), "fresh": 1})
-        stages = [[Signal(record, name=f"sw{k}_record" if U == 1 else f"sw{k}_u{u}_record") for k in range(4)]
+        unit_record = data.StructLayout({"valid": 1, "neuron": range(max(2, lay.neurons)), "layer": range(max(2, L)),
+                                         "fresh": 1})
+        stages = [[Signal(record, name=f"sw{k}_record" if U == 1 else f"sw{k}_u{u}_record") for k in range(n_stages)]
                   for u in range(U)]
         for u in range(U):
             st = stages[u]
             m.d.sync += [st[0].valid.eq(sw_issue & (sw_left > u)), st[0].lane.eq(sw_lane[u]),
                          st[0].addr.eq(sw_base + (sw_local[u] << 2) + Mux(bank, amap.bank_base(1), 0)),
                          st[0].neuron.eq(sw_neuron + u), st[0].layer.eq(layer), st[0].fresh.eq(fresh)]
-            for k in range(1, 4):
+            for k in range(1, n_stages):
                 m.d.sync += st[k].eq(st[k - 1])
 
         # -- out_: the readout's outputs -------------------------------------------------------------
@@ -551,7 +575,8 @@ class SharedCore(wiring.Component):
         for p, lane in enumerate(lanes):
             en = Signal(name=f"lane{p}_sweep_en")
             addr = Signal(range(amap.depth), name=f"lane{p}_sweep_addr")
-            hits = [(st.valid & (st.lane == p), st.addr + k) for su in stages for k, st in enumerate(su)]
+            hits = [(su[slots[k]].valid & (su[slots[k]].lane == p), su[slots[k]].addr + k) for su in stages
+                    for k in range(4)]
             hits.append((clr_active, clr_addr))
             if engine is None:
                 m.d.comb += [lane.take_en.eq(out_issue & (out_lane == p)), lane.take_index.eq(out_local)]
@@ -565,11 +590,10 @@ class SharedCore(wiring.Component):
 
         # -- the gate words: lane data (cycle 2 after the read), + bias, delayed to the unit's offsets -----
         t = Timeline(m)
-        offsets = getattr(units[0], "offsets", {k: 0 for k in ACC_KINDS})
-        D = max(k + 4 - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
+        D = max(slots[k] + 4 - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
         # A lane's word is 0 unless the sweep read it, so the lanes of a class (never read in
         # one cycle) share a bus, an OR; a unit's gate picks the class of its neuron's lane.
-        classes = sweep_classes(P, U, sp)
+        classes = sweep_classes(P, U, sp, slots)
         buses = []
         for c, members in enumerate(classes):
             bus = Signal(signed(ACC_BITS), name=f"sw_bus{c}")
@@ -586,11 +610,18 @@ class SharedCore(wiring.Component):
             pick = Array(Const(reach.index(class_of[p]) if class_of[p] in reach else 0, range(len(reach)))
                          for p in range(P))
             for k, g in enumerate(ACC_KINDS):
-                st = stages[u][k]
+                st = stages[u][slots[k]]
                 rd = inits[u][k]
-                m.d.comb += [rd.addr.eq(st.neuron), rd.en.eq(1)]
-                # Cycle numbers relative to this gate's read (cycle 0).
-                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 2)
+                # Cycle numbers relative to this gate's read (cycle 0). The bias is read a cycle
+                # after it (the next stage's record holds the neuron then), so that it is
+                # registered once and meets the lane's word in cycle 3.
+                if slots[k] + 1 < n_stages:
+                    bias_neuron = stages[u][slots[k] + 1].neuron
+                else:
+                    bias_neuron = Signal.like(st.neuron, name=f"sw{k}{tag}_bias_neuron")
+                    m.d.sync += bias_neuron.eq(st.neuron)
+                m.d.comb += [rd.addr.eq(bias_neuron), rd.en.eq(1)]
+                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 3)
                 if len(reach) == 1:
                     data_k = buses[reach[0]]
                 else:
@@ -599,12 +630,12 @@ class SharedCore(wiring.Component):
                     data_k = Array(buses[c] for c in reach)[t.at(cls, 2)]
                 acc = t.reg(f"sw{k}{tag}_acc", data_k, 3)
                 biased = t.reg(f"sw{k}{tag}_biased", acc + t.at(bias, 3), 4, signed(ACC_BITS))
-                word = t.at(biased, D + offsets[g] - k)
+                word = t.at(biased, D + offsets[g] - slots[k])
                 m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)
-            # The neuron itself, D cycles after stage 0's read.
-            rec_t = t.input(Signal(record.size, name=f"sw_unit{tag}_record"), 0)   # bits: Timeline delays signals
-            m.d.comb += rec_t.eq(stages[u][0])
-            rec_u = data.View(record, t.at(rec_t, D))
+            # The neuron itself, D cycles after stage 0's read (what the unit takes of the record).
+            rec_t = t.input(Signal(unit_record.size, name=f"sw_unit{tag}_record"), 0)   # bits: Timeline delays signals
+            m.d.comb += rec_t.eq(Cat(stages[u][0].valid, stages[u][0].neuron, stages[u][0].layer, stages[u][0].fresh))
+            rec_u = data.View(unit_record, t.at(rec_t, D))
             m.d.comb += [unit.i_valid.eq(rec_u.valid), unit.i_neuron.eq(rec_u.neuron), unit.i_layer.eq(rec_u.layer),
                          unit.i_fresh.eq(rec_u.fresh)]
 

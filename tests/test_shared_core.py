@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from egru_accel.hw.shared_core import SharedCore, SharedCoreConfig, sweep_classes
+from egru_accel.hw.shared_core import SharedCore, SharedCoreConfig, sweep_classes, sweep_slots
 from egru_accel.quantize.random_model import random_inputs, random_model
 from egru_accel.quantize.shared_rows import pack_shared_rows
 from egru_accel.sim.shared_core_tb import compare_with_golden, run_shared_core
@@ -120,3 +120,31 @@ def test_sweep_classes_never_hold_two_lanes_read_in_one_cycle(lanes, units, spac
                 assert len(lanes_now & set(c)) <= 1
     if (lanes, units) == (8, 1):
         assert len(classes) == 4          # the OR buses save muxes: lanes p and p + 4 share one
+
+
+LOGIC_OFFSETS, DSP_OFFSETS = {"z": 0, "r": 0, "ag": 4, "hg": 4}, {"z": 0, "r": 0, "ag": 6, "hg": 3}
+
+
+@pytest.mark.parametrize("offsets, lanes, units, spacing, slots", [
+    (LOGIC_OFFSETS, 8, 1, 1, (0, 1, 4, 5)),      # z, r first; ag, hg as late as the unit takes them
+    (DSP_OFFSETS, 8, 1, 1, (0, 1, 6, 3)),
+    (LOGIC_OFFSETS, 4, 1, 1, (0, 1, 2, 3)),      # a lane's next neuron 4 cycles on: no room to spread
+    (LOGIC_OFFSETS, 8, 2, 1, (0, 1, 2, 3)),      # several units: groups may wait
+    (DSP_OFFSETS, 2, 1, 2, (0, 1, 2, 3)),
+])
+def test_sweep_slots(offsets, lanes, units, spacing, slots):
+    assert sweep_slots(offsets, lanes, units, spacing) == slots
+
+
+@pytest.mark.parametrize("offsets, lanes", [(LOGIC_OFFSETS, 8), (DSP_OFFSETS, 8), (LOGIC_OFFSETS, 16), (DSP_OFFSETS, 5)])
+def test_spread_slots_read_no_lane_twice_and_keep_classes_apart(offsets, lanes):
+    slots = sweep_slots(offsets, lanes, 1, 1)
+    classes = sweep_classes(lanes, 1, 1, slots)
+    read = {}
+    for g in range(3 * lanes):
+        for k in range(4):
+            read.setdefault(g + slots[k], []).append(g % lanes)
+    for lanes_now in read.values():
+        assert len(lanes_now) == len(set(lanes_now))          # one read per lane and cycle
+        for c in classes:
+            assert len(set(lanes_now) & set(c)) <= 1
