@@ -32,6 +32,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from egru_accel.quantize.formats import BIAS_BITS
 from egru_accel.quantize.shared_rows import (ACC_BITS, ACC_KINDS, INIT_MEMORIES, LaneAddressMap, LoadMemory,
                                              SharedRowImage, unpack_weights)
 
@@ -320,7 +321,7 @@ class SharedCore(wiring.Component):
                      dispatch.load_addr.eq(ld.addr), dispatch.load_data.eq(ld.data)]
         inits = [[] for _ in range(U)]        # inits[u][k]: unit u's read port of gate k's biases
         for k in ACC_KINDS:
-            mem = loadable(f"init_{k}", signed(ACC_BITS), max(2, lay.neurons), img.init[k], INIT_MEMORIES[k])
+            mem = loadable(f"init_{k}", signed(BIAS_BITS), max(2, lay.neurons), img.init_words(k), INIT_MEMORIES[k])
             for u in range(U):
                 inits[u].append(mem.read_port())
         if at_reset:
@@ -328,7 +329,7 @@ class SharedCore(wiring.Component):
             m.submodules.theta = theta_mem = Memory(shape=lay.theta_word.width, depth=max(2, lay.neurons),
                                                     init=[int(v) for v in img.theta])
             theta_rd = theta_mem.read_port()
-        ro_bias = loadable("readout_bias", signed(ACC_BITS), max(2, lay.outputs), img.readout_bias,
+        ro_bias = loadable("readout_bias", signed(BIAS_BITS), max(2, lay.outputs), img.readout_bias_words(),
                            LoadMemory.READOUT_BIAS)
         ro_bias_rd = ro_bias.read_port()
 
@@ -545,7 +546,7 @@ class SharedCore(wiring.Component):
             with m.Else():
                 m.d.sync += out_lane.eq(out_lane + 1)
         m.d.comb += [ro_bias_rd.addr.eq(out_o), ro_bias_rd.en.eq(1)]
-        out_bias = Signal(signed(ACC_BITS))
+        out_bias = Signal(signed(BIAS_BITS))
         m.d.sync += out_bias.eq(ro_bias_rd.data)
         out_sum = Signal(signed(ACC_BITS))
         out_acc = Signal(signed(ACC_BITS))
@@ -558,7 +559,7 @@ class SharedCore(wiring.Component):
             m.d.sync += out_acc.eq(word)
         else:
             m.d.comb += [out_acc.eq(engine.take_data), engine.take_en.eq(out_issue), engine.take_index.eq(out_o)]
-        m.d.comb += out_sum.eq(out_acc + out_bias)
+        m.d.comb += out_sum.eq(out_acc + (out_bias << lay.readout_bias_shift))
         m.d.comb += [oq.w_en.eq(out_v[2]), oq.w_data.eq(out_sum)]
         # bias: read with the issue (cycle 0), data in 1, registered in 2 = the lane's data.
 
@@ -629,7 +630,13 @@ class SharedCore(wiring.Component):
                     m.d.comb += cls.eq(pick[st.lane])
                     data_k = Array(buses[c] for c in reach)[t.at(cls, 2)]
                 acc = t.reg(f"sw{k}{tag}_acc", data_k, 3)
-                biased = t.reg(f"sw{k}{tag}_biased", acc + t.at(bias, 3), 4, signed(ACC_BITS))
+                # The bias is a mantissa: shifted by its layer's shift for this kind (the layer
+                # stays put while a sweep runs).
+                shifts = [lay.bias_shifts[l][k] for l in range(L)]
+                shifted = bias << shifts[0]
+                for l in range(1, L):
+                    shifted = Mux(layer == l, bias << shifts[l], shifted)
+                biased = t.reg(f"sw{k}{tag}_biased", acc + shifted, 4, signed(ACC_BITS))
                 word = t.at(biased, D + offsets[g] - slots[k])
                 m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)
             # The neuron itself, D cycles after stage 0's read (what the unit takes of the record).

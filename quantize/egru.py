@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import formats as F
-from .formats import NumberFormats
+from .formats import NumberFormats, bias_shift
 
 __all__ = [
     "SpikeFunction", "EGRULayer", "EGRUNet", "EGRUOutput", "run_egru",
@@ -68,6 +68,29 @@ def _to_grid(v: torch.Tensor, frac: int) -> torch.Tensor:
     """Round to the ``frac``-fraction-bit grid (round half up), gradient straight through."""
     scale = 2.0 ** frac
     return _round_half_up_ste(v * scale) / scale
+
+
+def _bias_to_grid(v: torch.Tensor, frac: int) -> torch.Tensor:
+    """``v`` (on a grid of ``frac`` fraction bits) rounded to the bias grid of core v2: a
+    multiple of ``2**s`` grid units whose mantissa fits ``BIAS_BITS``
+    (:func:`~quantize.formats.bias_shift`)."""
+    mag = float(v.detach().abs().max()) * 2.0 ** frac if v.numel() else 0.0
+    return _to_grid(v, frac - bias_shift(mag))
+
+
+def _biases_on_grid(bx: torch.Tensor, bh: torch.Tensor, acc_frac: int, H: int):
+    """``bias_x``, ``bias_h`` [3H] on core v2's bias grids: z and r one grid for both (the core
+    holds their sums), the g gate's each one of its own."""
+    outs_x, outs_h = [], []
+    for k in range(2):
+        part_x, part_h = bx[k * H:(k + 1) * H], bh[k * H:(k + 1) * H]
+        mag = float((part_x.detach().abs() + part_h.detach().abs()).max()) * 2.0 ** acc_frac if H else 0.0
+        frac = acc_frac - bias_shift(mag, terms=2)
+        outs_x.append(_to_grid(part_x, frac))
+        outs_h.append(_to_grid(part_h, frac))
+    outs_x.append(_bias_to_grid(bx[2 * H:], acc_frac))
+    outs_h.append(_bias_to_grid(bh[2 * H:], acc_frac))
+    return torch.cat(outs_x), torch.cat(outs_h)
 
 
 def quant_shifts(w: torch.Tensor, bits: int, gated: bool) -> list[int]:
@@ -239,13 +262,13 @@ class EGRULayer(nn.Module):
         w_shift = quant_shifts(W_f, formats.weight_bits, gated=True)
         r_shift = quant_shifts(R_f, formats.weight_bits, gated=True)
         acc_frac = max(max(in_frac + s for s in w_shift), max(formats.state_frac + s for s in r_shift))
+        bx, bh = _biases_on_grid(self.bias.double(), self.recurrent_bias.double(), acc_frac, self.hidden_size)
         thr_q = torch.clamp(_to_grid(self.threshold().double(), formats.state_frac),
                             0.0, formats.state_max / 2.0 ** formats.state_frac)
         return {
             "W": quant_weight(W_f, w_shift, formats.weight_bits),
             "R": quant_weight(R_f, r_shift, formats.weight_bits),
-            "bx": _to_grid(self.bias.double(), acc_frac),
-            "bh": _to_grid(self.recurrent_bias.double(), acc_frac),
+            "bx": bx, "bh": bh,
             "thr": thr_q, "w_shift": w_shift, "r_shift": r_shift, "acc_frac": acc_frac,
         }
 
@@ -303,7 +326,7 @@ class EGRUNet(nn.Module):
         shift = quant_shifts(w, formats.weight_bits, gated=False)
         frac = formats.state_frac + shift[0]
         return quant_weight(w, shift, formats.weight_bits), \
-            _to_grid(self.readout_bias.double(), frac), shift[0], frac
+            _bias_to_grid(self.readout_bias.double(), frac), shift[0], frac
 
     def forward(self, x: torch.Tensor, *, formats: NumberFormats | None = None) -> EGRUOutput:
         """``x`` [T, N, I] -> :class:`EGRUOutput`; ``formats`` selects the quant forward."""

@@ -30,7 +30,7 @@ __all__ = [
     "NumberFormats", "GATES", "N_GATES", "GATE_Z", "GATE_R", "GATE_G",
     "round_shift", "align", "saturate", "signed_range", "signed_bits_for",
     "unsigned_bits_for", "lut_index", "sigmoid_table", "tanh_table",
-    "power_of_two_shift",
+    "power_of_two_shift", "BIAS_BITS", "bias_shift", "bias_mantissa_shift",
 ]
 
 #: Gate order of every ``[*, 3H]`` matrix and ``[3H]`` vector (EvNN's order).
@@ -265,3 +265,37 @@ def power_of_two_shift(max_abs: float, bits: int, *, limit: int = 24) -> int:
     while s < limit and math.floor(max_abs * 2.0 ** (s + 1) + 0.5) <= top:
         s += 1
     return max(-limit, min(limit, s))
+
+
+#: Bits of a stored bias: core v2 holds each bias as a signed ``BIAS_BITS`` mantissa times
+#: ``2**shift`` on its accumulator grid, one shift per layer and accumulator kind (z, r, ag, hg)
+#: and one for the readout (docs/numerics.md). The quantizer puts the biases on that grid.
+BIAS_BITS = 16
+
+
+def bias_shift(max_abs: float, *, terms: int = 1) -> int:
+    """The smallest shift ``s >= 0`` such that a sum of ``terms`` values, each rounded to a
+    multiple of ``2**s`` and of magnitudes summing to at most ``max_abs`` (in units of the
+    accumulator grid), has a mantissa (sum / ``2**s``) that fits ``BIAS_BITS`` signed bits
+    (each rounding adds at most half a unit of the mantissa)."""
+    if not math.isfinite(max_abs) or max_abs < 0:
+        raise ValueError(f"max_abs must be a finite magnitude, not {max_abs!r}")
+    top = (1 << (BIAS_BITS - 1)) - 1
+    s = 0
+    while max_abs / 2.0 ** s + terms / 2.0 > top:
+        s += 1
+    return s
+
+
+def bias_mantissa_shift(values) -> int | None:
+    """The smallest shift ``s >= 0`` such that ``values`` (integers) are multiples of ``2**s``
+    whose mantissas fit ``BIAS_BITS`` signed bits, or ``None`` if there is none (a value not on
+    the grid that its magnitude needs)."""
+    v = np.asarray(values, dtype=np.int64)
+    if v.size == 0:
+        return 0
+    top, low = (1 << (BIAS_BITS - 1)) - 1, -(1 << (BIAS_BITS - 1))
+    s = 0
+    while (v >> s).max() > top or (v >> s).min() < low:
+        s += 1
+    return s if not np.any(v & ((1 << s) - 1)) else None

@@ -257,6 +257,32 @@ class QuantModel:
                     f"layer{l}: accumulators would need {widest} bits (limit 48); "
                     "the weight scales or biases are out of proportion")
 
+    def on_bias_grid(self) -> "QuantModel":
+        """The same model with its biases rounded to core v2's bias grids
+        (:data:`~quantize.formats.BIAS_BITS` mantissas times a power of two: z and r one grid for
+        ``bias_x + bias_h``, the g gate's biases and the readout's each their own), as the
+        quantizer makes them (for models made otherwise, such as random test models)."""
+        def to_grid(v, s):
+            return ((v + (1 << s >> 1)) >> s) << s if s else v.copy()
+
+        layers = []
+        for layer in self.layers:
+            H = layer.hidden_size
+            bx, bh = layer.bias_x.copy(), layer.bias_h.copy()
+            for k in range(2):
+                part = slice(k * H, (k + 1) * H)
+                s = F.bias_shift(float((np.abs(bx[part]) + np.abs(bh[part])).max(initial=0)), terms=2)
+                bx[part], bh[part] = to_grid(bx[part], s), to_grid(bh[part], s)
+            g = slice(2 * H, 3 * H)
+            bx[g] = to_grid(bx[g], F.bias_shift(float(np.abs(bx[g]).max(initial=0))))
+            bh[g] = to_grid(bh[g], F.bias_shift(float(np.abs(bh[g]).max(initial=0))))
+            layers.append(QuantLayer(W=layer.W.copy(), R=layer.R.copy(), w_shift=layer.w_shift,
+                                     r_shift=layer.r_shift, bias_x=bx, bias_h=bh, theta=layer.theta.copy()))
+        ro = self.readout
+        bias = to_grid(ro.bias, F.bias_shift(float(np.abs(ro.bias).max(initial=0))))
+        return QuantModel(formats=self.formats, layers=layers,
+                          readout=QuantReadout(W=ro.W.copy(), shift=ro.shift, bias=bias), meta=dict(self.meta))
+
     def fold_biases(self) -> "QuantModel":
         """The same model with the z and r biases of ``bias_h`` added into ``bias_x`` (and
         zero in ``bias_h``), as the hardware holds them. It computes the same integers:

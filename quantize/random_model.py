@@ -125,7 +125,9 @@ def random_model(*, inputs: int, hidden: list[int], outputs: int, weight_sparsit
     bias = np.round(rng.normal(0, 0.5, outputs) * (1 << (fmt.state_frac + o_shift))).astype(np.int64)
     meta = {"task": "random", "seed": seed, "threshold_mode": threshold_mode, "fine": fine,
             "weight_sparsity": weight_sparsity, "balanced_lanes": lanes}
-    return QuantModel(formats=fmt, layers=layers, readout=QuantReadout(W=Wo, shift=o_shift, bias=bias), meta=meta)
+    # On core v2's bias grids, as the quantizer puts them.
+    return QuantModel(formats=fmt, layers=layers, readout=QuantReadout(W=Wo, shift=o_shift, bias=bias),
+                      meta=meta).on_bias_grid()
 
 
 def random_inputs(model: QuantModel, *, steps: int, sequences: int = 1, seed: int = 0,

@@ -20,10 +20,10 @@ weights        per lane: the padded entries of every      value (signed weight_b
 (per lane)     layer's rows, then the readout's           r, g), target (local index)
 rows           per layer its inputs' rows then its own    start (entry address), length (entries)
 (shared)       neurons', then the readout's rows
-init_z ..      one per neuron of every layer (global      acc (signed 32): the accumulator's start
-init_hg        index: layer base + n)                     value, its bias
+init_z ..      one per neuron of every layer (global      bias (signed BIAS_BITS = 16): the bias
+init_hg        index: layer base + n)                     ``>>`` its layer's shift for the kind
 theta          as init                                    theta (state_bits)
-readout_bias   one per output                             bias (signed 32)
+readout_bias   one per output                             bias (signed 16) ``>>`` readout_bias_shift
 events         per layer two halves (step parities) of    neuron (global index), value (signed
 (shared)       H words                                    state_bits)
 accumulators   per lane: per layer ``4 ceil(H/P)`` words  acc (signed 32)
@@ -56,12 +56,14 @@ in every build: a model whose accumulator bound does not fit 32 bits is refused 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .formats import GATE_G, GATE_R, GATE_Z, NumberFormats, signed_bits_for, unsigned_bits_for
+from .formats import (BIAS_BITS, GATE_G, GATE_R, GATE_Z, NumberFormats, bias_mantissa_shift, signed_bits_for,
+                      unsigned_bits_for)
 from .lanes import WINDOW, check_lanes, lane_neurons
 from .memory import GATE_BITS, Field, LayerLayout, LayoutError, Word
 from .model import QuantModel
@@ -141,6 +143,10 @@ class SharedRowLayout:
     entries: int            # weight entries per lane (equal in every lane)
     max_row_length: int
     structure: str = "unstructured"     # "lane-window": every entry's lanes share gate and window
+    #: Per layer, the shift of each accumulator kind's biases (:data:`ACC_KINDS` order): a bias
+    #: memory word is a ``BIAS_BITS`` mantissa, the bias ``mantissa << shift``.
+    bias_shifts: tuple = ()
+    readout_bias_shift: int = 0
 
     # -- shapes -------------------------------------------------------------------------
     @property
@@ -312,7 +318,8 @@ class SharedRowLayout:
                             "input_align": list(l.input_align), "recurrent_align": list(l.recurrent_align)}
                            for l in self.layers],
                 "entries": self.entries, "max_row_length": self.max_row_length, "rows": self.rows,
-                "acc_depth": self.acc_depth, "structure": self.structure}
+                "acc_depth": self.acc_depth, "structure": self.structure,
+                "bias_shifts": [list(b) for b in self.bias_shifts], "readout_bias_shift": self.readout_bias_shift}
 
 
 @dataclass(frozen=True)
@@ -370,10 +377,23 @@ class SharedRowImage:
             for p, words in enumerate(self.weights):
                 add(LoadMemory.WEIGHTS, words, lay.entry_word.width, base=p << lay.entry_address_bits)
         for k in ACC_KINDS:
-            add(INIT_MEMORIES[k], self.init[k], ACC_BITS)
+            add(INIT_MEMORIES[k], self.init_words(k), BIAS_BITS)
         add(LoadMemory.THETA, self.theta, lay.theta_word.width)
-        add(LoadMemory.READOUT_BIAS, self.readout_bias, ACC_BITS)
+        add(LoadMemory.READOUT_BIAS, self.readout_bias_words(), BIAS_BITS)
         return writes
+
+    def init_words(self, kind: str) -> np.ndarray:
+        """The bias memory of accumulator ``kind``: per global neuron its mantissa (the bias
+        ``>>`` its layer's :attr:`SharedRowLayout.bias_shifts`)."""
+        lay = self.layout
+        k = ACC_KINDS.index(kind)
+        shifts = np.concatenate([np.full(l.hidden, lay.bias_shifts[i][k], dtype=np.int64)
+                                 for i, l in enumerate(lay.layers)])
+        return np.asarray(self.init[kind], dtype=np.int64) >> shifts
+
+    def readout_bias_words(self) -> np.ndarray:
+        """The readout bias memory: per output its mantissa."""
+        return np.asarray(self.readout_bias, dtype=np.int64) >> self.layout.readout_bias_shift
 
     def load_payloads(self, weight_memory: str) -> list[int]:
         """:meth:`load_writes` as :meth:`SharedRowLayout.load_word` payloads (Python ints: the
@@ -483,8 +503,21 @@ def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False,
         init["ag"].append(bx[2])
         init["hg"].append(bh[2])
         theta.append(layer.theta)
-    return SharedRowImage(layout=layout, weights=weights, rows=rows,
-                          init={k: np.concatenate(v).astype(np.int64) for k, v in init.items()},
+    init = {k: np.concatenate(v).astype(np.int64) for k, v in init.items()}
+    # Each layer's biases per kind, and the readout's, as BIAS_BITS mantissas times a power of
+    # two (the quantizer puts them on those grids; QuantModel.on_bias_grid for other models).
+    def grid(values, what):
+        shift = bias_mantissa_shift(values)
+        if shift is None:
+            raise LayoutError(f"{what} biases are not {BIAS_BITS}-bit mantissas times a power of two "
+                              f"(quantize the model, or take QuantModel.on_bias_grid())")
+        return shift
+    bounds = np.cumsum([0] + [layer.hidden_size for layer in model.layers])
+    bias_shifts = tuple(tuple(grid(init[k][bounds[l]:bounds[l + 1]], f"layer {l}'s {k}") for k in ACC_KINDS)
+                        for l in range(len(model.layers)))
+    layout = dataclasses.replace(layout, bias_shifts=bias_shifts,
+                                 readout_bias_shift=grid(model.readout.bias, "the readout's"))
+    return SharedRowImage(layout=layout, weights=weights, rows=rows, init=init,
                           theta=np.concatenate(theta).astype(np.int64),
                           readout_bias=np.asarray(model.readout.bias, dtype=np.int64), padding=padding)
 

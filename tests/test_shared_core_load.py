@@ -11,7 +11,8 @@ import pytest
 
 from egru_accel.hw.shared_core import SharedCoreConfig
 from egru_accel.quantize.random_model import random_inputs, random_model
-from egru_accel.quantize.shared_rows import ACC_BITS, ACC_KINDS, INIT_MEMORIES, LoadMemory, pack_shared_rows
+from egru_accel.quantize.formats import BIAS_BITS
+from egru_accel.quantize.shared_rows import ACC_KINDS, INIT_MEMORIES, LoadMemory, pack_shared_rows
 from egru_accel.sim.shared_core_tb import compare_with_golden, run_shared_core
 
 # (lanes, hidden sizes, structure, weight memory, banks, units, lane kind, threshold mode)
@@ -50,12 +51,15 @@ def test_load_writes_give_back_every_memory(weight_memory):
         for p in range(lay.lanes):
             base = p << lay.entry_address_bits
             assert [got[LoadMemory.WEIGHTS][base + e] for e in range(lay.entries)] == [int(w) for w in image.weights[p]]
-    for k in ACC_KINDS:
-        values = [_signed(got[INIT_MEMORIES[k]][n], ACC_BITS) for n in range(lay.neurons)]
+    # Biases: BIAS_BITS mantissas, the bias that shifted by its layer's shift for the kind.
+    layer_of = [l for l, spec in enumerate(lay.layers) for _ in range(spec.hidden)]
+    for i, k in enumerate(ACC_KINDS):
+        values = [_signed(got[INIT_MEMORIES[k]][n], BIAS_BITS) << lay.bias_shifts[layer_of[n]][i]
+                  for n in range(lay.neurons)]
         assert values == image.init[k].tolist()
     assert [got[LoadMemory.THETA][n] for n in range(lay.neurons)] == image.theta.tolist()
-    assert [_signed(got[LoadMemory.READOUT_BIAS][o], ACC_BITS) for o in range(lay.outputs)] == \
-        image.readout_bias.tolist()
+    assert [_signed(got[LoadMemory.READOUT_BIAS][o], BIAS_BITS) << lay.readout_bias_shift
+            for o in range(lay.outputs)] == image.readout_bias.tolist()
     with pytest.raises(ValueError, match="^weight_memory must be one of lanes, wide, not 'spram'$"):
         image.load_writes("spram")
 
@@ -95,8 +99,9 @@ def _same_layout_variant(model, seed):
         for M in (layer.W, layer.R):
             flip = (rng.random(M.shape) < 0.5) & (M != low)
             M[flip] = -M[flip]
+        # Negated: the same magnitudes, so the same bias grids.
         layer.bias_x[:] = -layer.bias_x
-        layer.bias_h[:] = rng.permutation(layer.bias_h)
+        layer.bias_h[:] = -layer.bias_h
         layer.theta[:] = rng.permutation(layer.theta)
     other.readout.W[:] = -np.where(other.readout.W == low, -low - 1, other.readout.W)
     other.readout.bias[:] = rng.permutation(other.readout.bias)
