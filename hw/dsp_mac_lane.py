@@ -49,17 +49,20 @@ class DSPMacLane(wiring.Component):
     ``banks=2``, an entry in one bank and a sweep access in the other use different block RAMs.
     ``sweep_registers=False``: the sweep port addresses block-RAM words only (the register
     words leave through the take port), which saves the register words' sweep muxes.
+    ``register_words``: only the first that many register addresses hold a word (the others
+    read 0 and drop writes); ``None``: all ``registers``.
     """
 
     LATENCY = 5     # an entry on i_* in cycle t is readable through sweep_rd from cycle t + 5
 
     def __init__(self, *, depth: int, weight_bits: int = 8, max_align: int = 8, dsp: str = "model",
-                 registers: int = 0, banks: int = 1, sweep_registers: bool = True):
+                 registers: int = 0, banks: int = 1, sweep_registers: bool = True, register_words: int | None = None):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
                                  operand_bits=16, operand="the 16-bit DSP operand", registers=registers,
-                                 banks=banks, sweep_registers=sweep_registers)
+                                 banks=banks, sweep_registers=sweep_registers, register_words=register_words)
             self.registers, self.banks, self.sweep_registers = registers, banks, sweep_registers
+            self.register_words = register_words
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
             if dsp not in DSP_KINDS:
                 raise ValueError(f"dsp must be one of {', '.join(DSP_KINDS)}, not {dsp!r}")
@@ -107,7 +110,8 @@ class DSPMacLane(wiring.Component):
         # The sweep's write a cycle late: no collision logic around the block RAMs (about 40 FF
         # and 28 LUT each on the iCE40).
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
-                                    banks=self.banks, sweep_registers=self.sweep_registers, late_sweep_write=True)
+                                    banks=self.banks, sweep_registers=self.sweep_registers, late_sweep_write=True,
+                                    register_words=self.register_words)
 
         operand = Signal(signed(16))
         m.d.comb += operand.eq(self.i_weight << self.i_align)

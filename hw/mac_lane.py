@@ -42,7 +42,7 @@ def _positive(name, value, low=1):
 
 
 def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, operand: str, registers: int = 0,
-                         banks: int = 1, sweep_registers: bool = True):
+                         banks: int = 1, sweep_registers: bool = True, register_words: int | None = None):
     """The checks every lane shares: ``depth`` accumulators (at least 2), ``weight_bits`` and the
     alignment, with ``weight << align`` fitting ``operand`` (``operand_bits`` wide), fewer
     ``registers`` than ``depth``, and 1 or 2 ``banks`` (two of a power-of-two size each)."""
@@ -50,6 +50,8 @@ def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, op
     _positive("weight_bits", weight_bits, 2)
     _positive("max_align", max_align, 0)
     _positive("registers", registers, 0)
+    if register_words is not None and (_positive("register_words", register_words, 0) > registers):
+        raise ValueError(f"register_words must not exceed registers ({registers}), not {register_words}")
     if registers >= depth:
         raise ValueError(f"registers must be fewer than depth ({depth}), not {registers}")
     if banks not in (1, 2) or isinstance(banks, bool):
@@ -96,8 +98,12 @@ class RegisterAccumulators:
     """
 
     def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1,
-                 sweep_registers: bool = True, late_sweep_write: bool = False):
+                 sweep_registers: bool = True, late_sweep_write: bool = False, register_words: int | None = None):
         self.m, self.shape = m, shape
+        # Of the ``registers`` addresses, the first ``register_words`` are flip-flops; the others
+        # read 0 and drop writes (a lane whose readout holds fewer outputs than the address map).
+        register_words = registers if register_words is None else register_words
+        self.registers = registers
         # True: the sweep's write of a block-RAM word goes a cycle after its read of it, so that
         # no read needs a write of its cycle kept out, and the memories are built without
         # yosys's collision logic (:data:`~hw.pipeline.NO_RW_COLLISIONS`). An entry's read that
@@ -125,7 +131,7 @@ class RegisterAccumulators:
             m.submodules[f"mem{b}" if banks > 1 else "mem"] = mem
             self.rds.append(mem.read_port())
             self.wrs.append(mem.write_port())
-        self.words = [Signal(shape, name=f"reg_acc{j}") for j in range(registers)]
+        self.words = [Signal(shape, name=f"reg_acc{j}") for j in range(register_words)]
         self.sweep_data = Signal(shape)
         self.take_data = Signal(shape)
         self._take = None
@@ -141,7 +147,7 @@ class RegisterAccumulators:
         return out
 
     def is_register(self, addr):
-        return addr >= self.base if self.words else Const(0)
+        return addr >= self.base if self.registers else Const(0)
 
     def _bank(self, addr):
         return addr[self.bank_bits] if self.banks > 1 else Const(0)
@@ -257,12 +263,14 @@ class MacLane(wiring.Component):
     LATENCY = 4     # cycles from an entry on i_* to its sum being readable through sweep_rd
 
     def __init__(self, *, depth: int, acc_bits: int = 32, weight_bits: int = 8, value_bits: int = 16,
-                 max_align: int = 8, registers: int = 0, banks: int = 1, sweep_registers: bool = True):
+                 max_align: int = 8, registers: int = 0, banks: int = 1, sweep_registers: bool = True,
+                 register_words: int | None = None):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
                                  operand_bits=18, operand="one 18-bit multiplier operand", registers=registers,
-                                 banks=banks, sweep_registers=sweep_registers)
+                                 banks=banks, sweep_registers=sweep_registers, register_words=register_words)
             self.registers, self.banks, self.sweep_registers = registers, banks, sweep_registers
+            self.register_words = register_words
             self.acc_bits = _positive("acc_bits", acc_bits, 2)
             self.value_bits = _positive("value_bits", value_bits, 2)
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
@@ -280,7 +288,8 @@ class MacLane(wiring.Component):
         acc = signed(self.acc_bits)
         addr_shape = self.i_addr.shape()
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
-                                    banks=self.banks, sweep_registers=self.sweep_registers)
+                                    banks=self.banks, sweep_registers=self.sweep_registers,
+                                    register_words=self.register_words)
 
         # a0: the entry, registered; the weight shifted before the register (a small mux on a
         # narrow operand, not a barrel shifter on the product).

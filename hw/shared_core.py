@@ -242,13 +242,17 @@ class SharedCore(wiring.Component):
             amap = LaneAddressMap(banks=amap.banks, bank_words=amap.bank_words, registers=0)
         return amap
 
-    def _lane(self):
+    def _lane(self, p: int):
         lay, kind = self.layout, self.config.lane
         # The readout's words are flip-flops: its rows accumulate while the last layer's sweep
         # holds the block RAM's ports, and its outputs are read while the next step's rows run.
+        # Lane p holds outputs p, p + P, ...: only as many words as it has outputs (10 outputs
+        # on 8 lanes: two words in lanes 0 and 1, one in the others).
         amap = self._lane_map()
+        mine = len(range(p, lay.outputs, lay.lanes)) if amap.registers else 0
         # The sweep reads and clears neuron words only: the readout's leave through the take port.
-        words = dict(depth=amap.depth, registers=amap.registers, banks=amap.banks, sweep_registers=False)
+        words = dict(depth=amap.depth, registers=amap.registers, register_words=mine, banks=amap.banks,
+                     sweep_registers=False)
         if kind == "fabric":
             return MacLane(acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits, value_bits=VALUE_BITS,
                            max_align=lay.max_align, **words)
@@ -269,7 +273,7 @@ class SharedCore(wiring.Component):
                                                            weight_ram=self.config.weight_ram, model_at_reset=at_reset)
         lanes = []
         for p in range(P):
-            lane = self._lane()
+            lane = self._lane(p)
             m.submodules[f"lane{p}"] = lane
             lanes.append(lane)
             port = dispatch.lanes[p]

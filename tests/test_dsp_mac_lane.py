@@ -143,6 +143,8 @@ def test_sb_mac16_version_equals_the_model_cycle_by_cycle(tmp_path):
     (dict(depth=8, dsp="dsp48"), "dsp must be one of model, sb_mac16, not 'dsp48'"),
     (dict(depth=8, registers=8), "registers must be fewer than depth (8), not 8"),
     (dict(depth=8, registers=-1), "registers must be at least 0, not -1"),
+    (dict(depth=8, registers=2, register_words=3), "register_words must not exceed registers (2), not 3"),
+    (dict(depth=8, registers=2, register_words=-1), "register_words must be at least 0, not -1"),
     (dict(depth=8, banks=3), "banks must be 1 or 2, not 3"),
     (dict(depth=14, registers=2, banks=2), "two banks need depth - registers to be twice a power of two "
                                            "(at least 4), not 12"),
