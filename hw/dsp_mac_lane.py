@@ -50,7 +50,9 @@ class DSPMacLane(wiring.Component):
     ``sweep_registers=False``: the sweep port addresses block-RAM words only (the register
     words leave through the take port), which saves the register words' sweep muxes.
     ``register_words``: only the first that many register addresses hold a word (the others
-    read 0 and drop writes); ``None``: all ``registers``.
+    read 0 and drop writes); ``None``: all ``registers``. The take port shares the entries'
+    word select: a take must not come in the cycle an entry on a register word is at its read
+    (two cycles after ``i_*``), and ``take_data`` is 0 only after cycles with neither.
     """
 
     LATENCY = 5     # an entry on i_* in cycle t is readable through sweep_rd from cycle t + 5
@@ -111,7 +113,7 @@ class DSPMacLane(wiring.Component):
         # and 28 LUT each on the iCE40).
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
                                     banks=self.banks, sweep_registers=self.sweep_registers, late_sweep_write=True,
-                                    register_words=self.register_words)
+                                    register_words=self.register_words, shared_take=True)
 
         operand = Signal(signed(16))
         m.d.comb += operand.eq(self.i_weight << self.i_align)
@@ -123,11 +125,15 @@ class DSPMacLane(wiring.Component):
         a1_valid, a1_addr = Signal(), Signal(addr_shape)
         a2_valid, a2_addr = Signal(), Signal(addr_shape)
         a3_valid, a3_addr = Signal(), Signal(addr_shape)
-        m.d.sync += [a0_valid.eq(self.i_valid), a0_addr.eq(self.i_addr),
+        # With register words an invalid entry's address is 0 (a flip-flop's reset): the shared
+        # word select (take_data) must not keep reading the register word a last readout entry left.
+        i_addr = Mux(self.i_valid, self.i_addr, 0) if self.registers else self.i_addr
+        m.d.sync += [a0_valid.eq(self.i_valid), a0_addr.eq(i_addr),
                      a1_valid.eq(a0_valid), a1_addr.eq(a0_addr),
                      a2_valid.eq(a1_valid), a2_addr.eq(a1_addr),
                      a3_valid.eq(a2_valid), a3_addr.eq(a2_addr)]
         # The entry's read is issued at a1: its data (block RAM or register) is there at a2.
+        take_registers(regs, self)          # shares the entries' word select: before read()
         entry_data = regs.read(a1_addr, self.sweep_rd_en, self.sweep_rd_addr)
 
         # Forwarding, decided a cycle ahead: the entry now at a1 against the one at a2 (it will
@@ -139,7 +145,6 @@ class DSPMacLane(wiring.Component):
         m.d.sync += a3_prev.eq(o)
         m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, entry_data)))
 
-        take_registers(regs, self)
         regs.write(a3_valid, a3_addr, o, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data)
         # The sweep reads two cycles after its address: one for the block RAM, one register.
         m.d.comb += self.sweep_rd_data.eq(regs.sweep_data)

@@ -98,8 +98,12 @@ class RegisterAccumulators:
     """
 
     def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1,
-                 sweep_registers: bool = True, late_sweep_write: bool = False, register_words: int | None = None):
+                 sweep_registers: bool = True, late_sweep_write: bool = False, register_words: int | None = None,
+                 shared_take: bool = False):
         self.m, self.shape = m, shape
+        # True: the take port reads through the entries' register-word select (call take()
+        # before read()); take_data then holds an entry's register read in cycles without a take.
+        self.shared_take = shared_take
         # Of the ``registers`` addresses, the first ``register_words`` are flip-flops; the others
         # read 0 and drop writes (a lane whose readout holds fewer outputs than the address map).
         register_words = registers if register_words is None else register_words
@@ -198,7 +202,18 @@ class RegisterAccumulators:
             m.d.sync += self.sweep_data.eq(Mux(s_en, s_ram, 0))
             return entry_data
         e_reg, e_is_reg = Signal(self.shape), Signal()
-        m.d.sync += [e_reg.eq(self._select(entry_addr)), e_is_reg.eq(self.is_register(entry_addr))]
+        select = entry_addr
+        if self.shared_take:
+            # One word select for the entries and the take port: a take and an entry on a
+            # register word never come in one cycle (the caller's promise; the readout's rows
+            # wait for the outputs before them), so take_data may carry an entry's register
+            # read in other cycles, which the caller ignores.
+            if self._take is None:
+                raise RuntimeError("shared_take: take() must come before read()")
+            take_en, take_index = self._take
+            select = Mux(take_en, self.base + take_index, entry_addr)
+            m.d.comb += self.take_data.eq(e_reg)
+        m.d.sync += [e_reg.eq(self._select(select)), e_is_reg.eq(self.is_register(entry_addr))]
         if self.sweep_registers:
             s_reg, s_is_reg = Signal(self.shape), Signal()
             m.d.sync += [s_reg.eq(self._select(sweep_addr)), s_is_reg.eq(self.is_register(sweep_addr)),
@@ -214,11 +229,13 @@ class RegisterAccumulators:
         entries' ports stay free. One register per lane: a core ORs the lanes' words and
         registers the OR once, instead of every lane registering its word twice."""
         m = self.m
+        self._take = (en, index)
+        if self.shared_take:
+            return          # read() serves it through the entries' word select
         out = Const(0, self.shape)
         for j, word in enumerate(self.words):
             out = Mux(en & (index == j), word, out)
         m.d.sync += self.take_data.eq(out)
-        self._take = (en, index)
 
     def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data):
         """This cycle's writes: an entry's sum and a sweep word (and a take's clear); on one

@@ -121,7 +121,9 @@ def test_sb_mac16_version_equals_the_model_cycle_by_cycle(tmp_path):
     tb = "\n".join([
         "`timescale 1ns/1ps", "module tb;", "reg clk = 0; reg rst = 0; integer k = 0; integer f;",
         f"reg [{total - 1}:0] stim [0:{len(cycles) - 1}];", *decl, "wire [31:0] sweep_rd_data;",
-        f"lane dut(.clk(clk), .rst(rst), {', '.join(ports)}, .sweep_rd_data(sweep_rd_data));",
+        # No takes (the model's take_en is 0 too): an open take_en would be X in the word select.
+        f"lane dut(.clk(clk), .rst(rst), {', '.join(ports)}, .take_en(1'b0), .take_index(1'b0),"
+        " .sweep_rd_data(sweep_rd_data));",
         "initial begin", '$readmemh("stim.hex", stim); f = $fopen("trace.txt", "w");',
         f"for (k = 0; k < {len(cycles)}; k = k + 1) begin #1; $fdisplay(f, \"%0d\", $signed(sweep_rd_data));"
         " #4 clk = 1; #5 clk = 0; end",

@@ -138,7 +138,9 @@ def test_word_kinds_overlap(depth, registers, banks):
 def test_words_are_zero_after_cycles_without_a_read(kind):
     """A core ORs the lanes' sweep and take words: each must be 0 two cycles (the sweep's) or
     TAKE_LATENCY cycles (the take's) after a cycle that did not read it, whatever the memory and
-    the registers hold."""
+    the registers hold. The DSP lane's take shares the entries' word select: its takes come
+    only in cycles whose entry at the read (two cycles after i_*) is not on a register word, and
+    its take word is 0 only after cycles with neither."""
     from egru_accel.hw.dsp_mac_lane import DSPMacLane
     lane = (MacLane(depth=8, weight_bits=8, max_align=2, registers=2) if kind == "fabric"
             else DSPMacLane(depth=8, weight_bits=8, max_align=2, registers=2, dsp="model"))
@@ -150,17 +152,21 @@ def test_words_are_zero_after_cycles_without_a_read(kind):
         for cycle in range(400):
             rd = bool(rng.random() < 0.4)
             take = bool(rng.random() < 0.3)
+            addr = int(rng.integers(8))
+            reg_read = kind == "dsp_model" and len(history) >= 2 and history[-2][2]
+            if reg_read:
+                take = False
             ctx.set(lane.i_valid, 1)
-            ctx.set(lane.i_addr, int(rng.integers(8)))
+            ctx.set(lane.i_addr, addr)
             ctx.set(lane.i_weight, int(rng.integers(1, 100)))
             ctx.set(lane.i_value, int(rng.integers(1, 1000)))
             ctx.set(lane.sweep_rd_en, rd)
             ctx.set(lane.sweep_rd_addr, int(rng.integers(8)))
             ctx.set(lane.take_en, take)
             ctx.set(lane.take_index, int(rng.integers(2)))
-            history.append((rd, take))
+            history.append((rd, take, addr >= 6, reg_read))      # 6, 7: the register words
             if len(history) > 2:
-                was_rd, was_take = history[-3][0], history[-1 - TAKE_LATENCY][1]
+                was_rd, was_take = history[-3][0], history[-1 - TAKE_LATENCY][1] or history[-1 - TAKE_LATENCY][3]
                 sweep, took = ctx.get(lane.sweep_rd_data), ctx.get(lane.take_data)
                 seen["nonzero"] += (sweep != 0) + (took != 0)
                 if not was_rd:
