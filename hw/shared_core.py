@@ -539,8 +539,14 @@ class SharedCore(wiring.Component):
         out_local = Signal(range(max(2, lay.readout_local)))
         out_v = [Signal(name=f"out{c}_valid") for c in range(4)]    # read issued 0..3 cycles ago
         out_issue = Signal()
-        m.d.comb += out_issue.eq((out_left != 0) & (oq.level + out_v[1] + out_v[2] + out_v[3] < 3))
-        m.d.comb += out_busy.eq((out_left != 0) | out_v[1] | out_v[2])
+        # Credits: the output queue's slots not claimed by an issued output (a register, so that
+        # the issue decision is one compare deep rather than an add of the queue's level).
+        out_credits = Signal(range(oq.depth + 1), init=oq.depth)
+        m.d.sync += out_credits.eq(out_credits - out_issue + (oq.r_en & oq.r_rdy))
+        m.d.comb += out_issue.eq((out_left != 0) & (out_credits != 0))
+        # Registered: outputs under way, a cycle late at both ends (it blocks the readout's rows
+        # and the engine, which never start within a cycle of a step's end).
+        m.d.sync += out_busy.eq((out_left != 0) | out_issue | out_v[1] | out_v[2])
         m.d.sync += [out_v[1].eq(out_issue), out_v[2].eq(out_v[1]), out_v[3].eq(out_v[2])]
         m.d.comb += out_v[0].eq(out_issue)
         with m.If(out_issue):
@@ -849,7 +855,8 @@ class SharedCore(wiring.Component):
                     drained(out_drain, step_end)
 
         # A model's words go in while nothing reads them: idle, no step's inputs or outputs under way.
-        m.d.comb += self.load.ready.eq((state == IDLE) & (in_left == 0) & ~in_have & ~out_busy & ~self.start)
+        m.d.comb += self.load.ready.eq((state == IDLE) & (in_left == 0) & ~in_have & ~out_busy & (out_left == 0)
+                                       & ~self.start)
 
         # The input engine opens for a step when the sequencer waits for one, or (two banks)
         # for the next step during the last layer's sweep.
