@@ -397,7 +397,10 @@ class SharedCore(wiring.Component):
         s1_desc = Signal(desc)
         s2_event = Signal(ev_layout)
         room = Signal()
-        m.d.comb += room.eq(evq.level + s1_valid + s2_valid < 4)
+        # Credits: the event queue's slots not yet claimed by s1, s2 or the queue itself
+        # (= depth - level - s1 - s2), a register, so that room is one compare deep.
+        src_credits = Signal(range(evq.depth + 1), init=evq.depth)
+        m.d.comb += room.eq(src_credits != 0)
         src_take = Signal()
         # -- in_: the layer-0 inputs of a step, from ``i``. With two banks the next step's may
         # come during the last layer's sweep (they go to the other bank): ``in_ahead``.
@@ -409,8 +412,12 @@ class SharedCore(wiring.Component):
         in_room = Signal()
         # Room for a beat besides a buffer read that may enter in the same cycle; none while a
         # buffer read's data takes s2.
-        m.d.comb += in_room.eq((evq.level + s1_valid + s2_valid + src_take < 4) & ~s1_valid)
+        m.d.comb += in_room.eq(Mux(src_take, src_credits >= 2, src_credits != 0) & ~s1_valid)
         m.d.comb += self.i.ready.eq((in_left != 0) & in_room)
+        # A buffer read claims a slot as it is taken, an input beat as it is accepted (a zero
+        # input, which fetches no row, claims none); the dispatcher's read gives one back.
+        in_claim = self.i.valid & self.i.ready & ((self.i.payload != 0) | dense)
+        m.d.sync += src_credits.eq(src_credits - src_take - in_claim + (evq.r_en & evq.r_rdy))
         ev_ptr = Signal(range(lay.event_depth + 1))        # the update unit's next event address
         out_busy = Signal()         # outputs of a step still to read (they overlap the next step)
         src_follow = Signal()
