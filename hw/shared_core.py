@@ -487,7 +487,9 @@ class SharedCore(wiring.Component):
         # dispatcher is idle from t + 1, and drained() acts ``k`` idle cycles later. The sweep
         # reads two cycles after that (state, then its first record), the outputs one.
         drain = Signal(range(lane_latency + 4))
-        sweep_drain, out_drain = max(0, lane_latency - 3), max(0, lane_latency - 2)
+        # idle_dispatch is registered (a cycle late; it never falls again in the states that
+        # wait for it, since nothing enters then), so each drain counts one idle cycle less.
+        sweep_drain, out_drain = max(0, lane_latency - 4), max(0, lane_latency - 3)
 
         # -- sw_: the sweep: a group of U neurons every ``sp`` cycles, unit u the u-th of each --------
         sp = self.spacing
@@ -740,7 +742,7 @@ class SharedCore(wiring.Component):
                          engine.i.payload.neuron.eq(ro_event.neuron - lay.neuron_base[L - 1]),
                          engine.i.payload.value.eq(ro_event.value), ro_queue.r_en.eq(engine.i.ready)]
             ro_pending = (ro_active & (ro_addr != ev_ptr)) | ro1_valid | ro_queue.r_rdy | (ro_queue.level != 0) | engine.busy
-        m.d.comb += idle_dispatch.eq(~src_busy & ~dispatch.busy & ~ro_pending)
+        m.d.sync += idle_dispatch.eq(~src_busy & ~dispatch.busy & ~ro_pending)
         layer_H = Array(Const(H) for H in lay.hidden)
         layer_base = Array(Const(b) for b in lay.acc_base)
         neuron_base = Array(Const(b) for b in lay.neuron_base)
