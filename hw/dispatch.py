@@ -118,13 +118,13 @@ class EventDispatcher(wiring.Component):
         self.layout = lay = image.layout
         self.queue_depth = queue_depth
         self.address_map = lay.lane_address_map(banks)
+        load = lay.load_word(weight_memory)
         super().__init__({
             "i": In(stream.Signature(EventLayout(lay))),
             "lanes": Out(LaneEntrySignature(lay, banks)).array(lay.lanes),
             "busy": Out(1),
             "load_rows": In(1), "load_weights": In(1),
-            "load_addr": In(lay.load_word(weight_memory).field("addr").width),
-            "load_data": In(lay.load_word(weight_memory).field("data").width),
+            "load_addr": In(load.field("addr").width), "load_data": In(load.field("data").width),
         })
 
     def elaborate(self, platform):

