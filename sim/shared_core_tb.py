@@ -41,8 +41,11 @@ def _pauses(rng, probability):
 
 def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreConfig | None = None,
                     stall_probability: float = 0.0, seed: int = 0, vcd: str | None = None,
-                    load=None) -> SharedCoreRecord:
+                    load=None, sink_stall_probability: float | None = None) -> SharedCoreRecord:
     """Simulate the sequences ``x`` [S, T, I] (layer-0 integers), each after a ``start``.
+
+    ``stall_probability``: of an idle input cycle and of a cycle without ``o.ready``;
+    ``sink_stall_probability`` sets the latter on its own (a slow host).
 
     ``load``: writes (memory, address, data), as :meth:`SharedRowImage.load_writes` lists them,
     put through the core's ``load`` port (with the input's idles) before the first sequence.
@@ -58,7 +61,8 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
     dut = SharedCore(image, config)
     rng = np.random.default_rng(seed)
     src_pause = _pauses(rng, stall_probability)
-    sink_pause = _pauses(np.random.default_rng(seed + 1), stall_probability)
+    sink_pause = _pauses(np.random.default_rng(seed + 1),
+                         stall_probability if sink_stall_probability is None else sink_stall_probability)
     rec = SharedCoreRecord()
     updates: list = []
 

@@ -49,6 +49,32 @@ def test_shared_core_is_bit_exact_with_the_golden_model(case):
         assert fired > 0            # events flowed, not only silence
 
 
+# (lanes, hidden sizes, threshold mode, banks, readout): a host that takes an output one cycle in 30
+SLOW_SINK_CASES = [
+    (2, [6, 5], "unreachable", 1, "lanes"),     # silent: no readout rows wait for the outputs before them
+    (4, [9], "fire", 1, "lanes"),               # every neuron fires: the readout's rows wait for them
+    (3, [7, 4], "mixed", 2, "lanes"),
+    (8, [17], "fire", 2, "lanes"),
+    (4, [9], "fire", 2, "engine"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(SLOW_SINK_CASES)))
+def test_a_slow_host_loses_no_output(case):
+    # The outputs of a step stream while the next step runs; when the host takes them slowly,
+    # the next step's readout must wait for them, and so must its end.
+    lanes, hidden, mode, banks, readout = SLOW_SINK_CASES[case]
+    # More outputs than the output queue holds, so that they are still being read.
+    model = random_model(inputs=4, hidden=hidden, outputs=9, weight_sparsity=0.5, seed=40 + case,
+                         threshold_mode=mode)
+    x = np.asarray(random_inputs(model, steps=4, sequences=2, seed=case))
+    image = pack_shared_rows(model, lanes)
+    config = SharedCoreConfig(debug=True, lane="dsp_model", banks=banks, readout=readout)
+    rec = run_shared_core(image, x, config=config,
+                          stall_probability=0.0, sink_stall_probability=29 / 30, seed=case)
+    assert compare_with_golden(model, image, x, rec) == []
+
+
 def test_dense_baseline_takes_the_same_cycles_every_step():
     model = random_model(inputs=4, hidden=[6], outputs=2, weight_sparsity=0.5, seed=3)
     x = np.asarray(random_inputs(model, steps=4, sequences=1, seed=3))
