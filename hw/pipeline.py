@@ -22,7 +22,7 @@ import contextvars
 
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Mux, Shape, Signal, Value, signed, unsigned
 
-__all__ = ["NO_RW_COLLISIONS", "poisoned_collisions", "collisions_poisoned", "falling_edge_domain", "Timeline", "radix4_digits", "radix4_encode", "radix4_latency", "radix4_product", "shift_add_latency",
+__all__ = ["NO_RW_COLLISIONS", "split_counter", "poisoned_collisions", "collisions_poisoned", "falling_edge_domain", "Timeline", "radix4_digits", "radix4_encode", "radix4_latency", "radix4_product", "shift_add_latency",
            "shift_add_product", "split_add"]
 
 
@@ -102,6 +102,26 @@ class Timeline:
                 self._delayed[key] = reg
             value = self._delayed[key]
         return value
+
+
+def split_counter(m, name: str, width: int, *, inc, clear=Const(0), clear_to: int = 0, low_bits: int = 16) -> Value:
+    """A ``width``-bit counter of module ``m`` (``+1`` in cycles with ``inc``; ``clear_to`` in
+    cycles with ``clear``, which wins) whose carry chain is at most ``low_bits`` long: the high
+    part counts when the low part wraps, told by a register (the low part is all ones) rather
+    than by the low part's carry. Its value is exact in every cycle."""
+    low_bits = min(low_bits, width)
+    ones = (1 << low_bits) - 1
+    lo = Signal(low_bits, name=f"{name}_lo")
+    hi = Signal(max(1, width - low_bits), name=f"{name}_hi")
+    full = Signal(name=f"{name}_lo_full")          # lo == ones
+    with m.If(clear):
+        m.d.sync += [lo.eq(clear_to & ones), hi.eq(clear_to >> low_bits), full.eq((clear_to & ones) == ones)]
+    with m.Elif(inc):
+        m.d.sync += [lo.eq(lo + 1), full.eq(lo == ones - 1)]
+        if width > low_bits:
+            with m.If(full):
+                m.d.sync += hi.eq(hi + 1)
+    return Cat(lo, hi)[:width]
 
 
 def split_add(t: Timeline, name: str, a: Signal, b, cycle: int, shape, *, low_bits: int = 20) -> Signal:

@@ -41,8 +41,9 @@ from .dispatch import (KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, Eve
                        check_weight_memory, check_weight_ram)
 from .dsp_mac_lane import DSPMacLane
 from .mac_lane import MacLane
-from .pipeline import NO_RW_COLLISIONS, Timeline
+from .pipeline import NO_RW_COLLISIONS, Timeline, split_counter
 from .readout_engine import ReadoutEngine
+from .stream import SkidBuffer
 from .update_unit import MULTIPLIERS, UpdateUnit
 
 __all__ = ["SharedCore", "SharedCoreConfig", "sweep_slots", "LANE_KINDS", "READOUTS", "STATE_NAMES"]
@@ -354,13 +355,16 @@ class SharedCore(wiring.Component):
         fresh = Signal(init=1)
         counts = Array(Array(Signal(range(max(lay.hidden) + 1), name=f"count_l{l}_p{q}") for q in range(2))
                        for l in range(L))
-        steps, cycles, step_cycles, this_step = (Signal(32) for _ in range(4))
+        step_cycles = Signal(32)
         in_step = Signal()
         m.d.comb += in_step.eq(~onehot[IDLE] & ~onehot[LOAD])
-        with m.If(in_step):
-            m.d.sync += [cycles.eq(cycles + 1), this_step.eq(this_step + 1)]
-        with m.Elif(onehot[IDLE]):
-            m.d.sync += this_step.eq(0)
+        # Strobes of the sequencer: a sequence starts, a step ends, the next step starts with it.
+        seq_start, step_done, step_restart = Signal(), Signal(), Signal()
+        # 32-bit status counters with 16-bit carry chains. this_step counts the step's cycles
+        # including the current one (1 in its first), so a step's end copies it, no adder.
+        cycles = split_counter(m, "cycles", 32, inc=in_step)
+        steps = split_counter(m, "steps", 32, inc=step_done, clear=seq_start)
+        this_step = split_counter(m, "this_step", 32, inc=in_step, clear=onehot[IDLE] | step_restart, clear_to=1)
         m.d.comb += [self.status.busy.eq(~onehot[IDLE]), self.status.steps.eq(steps),
                      self.status.cycles.eq(cycles), self.status.step_cycles.eq(step_cycles)]
 
@@ -414,16 +418,30 @@ class SharedCore(wiring.Component):
         s1_valid, s2_valid = Signal(), Signal()
         s1_desc = Signal(desc)
         s2_event = Signal(ev_layout)
-        room = Signal()
         # Credits: the event queue's slots not yet claimed by s1, s2 or the queue itself
-        # (= depth - level - s1 - s2), a register, so that room is one compare deep.
+        # (= depth - level - s1 - s2), a register; ``room`` (credits != 0) and ``room2``
+        # (credits >= 2) are registers beside it, so that a take is a gate of flip-flops.
         src_credits = Signal(range(evq.depth + 1), init=evq.depth)
-        m.d.comb += room.eq(src_credits != 0)
+        room, room2 = Signal(init=1), Signal(init=evq.depth >= 2)
         src_take = Signal()
         # -- in_: the layer-0 inputs of a step, from ``i``. With two banks the next step's may
         # come during the last layer's sweep (they go to the other bank): ``in_ahead``.
-        in_left = Signal(range(lay.input_size + 1))
         in_open = Signal()           # in_left != 0, a register beside it
+        # The input stream through a skid buffer (its ready and valid are flip-flops), with
+        # ``last`` and whether the value is 0 computed on the way in. ``ready`` only for the
+        # beats of the step the engine is open for (as without the buffer: a beat offered opens
+        # it), counted as they enter: in_accept_left, and in_accepting beside it.
+        in_accept_left = Signal(range(lay.input_size + 1))
+        in_accepting = Signal()
+        beat_layout = data.StructLayout({"value": signed(VALUE_BITS), "nonzero": 1, "last": 1})
+        m.submodules.in_skid = in_skid = SkidBuffer(beat_layout)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [in_accept_left.eq(in_accept_left - 1), in_accepting.eq(in_accept_left != 1)]
+        m.d.comb += [in_skid.i.valid.eq(self.i.valid & in_accepting), self.i.ready.eq(in_skid.i.ready & in_accepting),
+                     in_skid.i.payload.value.eq(self.i.payload), in_skid.i.payload.nonzero.eq(self.i.payload != 0),
+                     in_skid.i.payload.last.eq(self.last)]
+        beat = in_skid.o
+        in_left = Signal(range(lay.input_size + 1))
         in_have = Signal()           # a step's inputs all taken, its sequencer not yet past them
         in_ahead = Signal()
         in_last = Signal()           # the streamed step is its sequence's last
@@ -432,11 +450,11 @@ class SharedCore(wiring.Component):
         # Room for a beat besides a buffer read that may enter in the same cycle (two credits,
         # whether or not one does: the beat does not wait for the take's logic); none while a
         # buffer read's data takes s2.
-        m.d.comb += in_room.eq((src_credits >= 2) & ~s1_valid)
-        m.d.comb += self.i.ready.eq(in_open & in_room)
+        m.d.comb += in_room.eq(room2 & ~s1_valid)
+        m.d.comb += beat.ready.eq(in_open & in_room)
         # A buffer read claims a slot as it is taken, an input beat as it is accepted (a zero
         # input, which fetches no row, claims none); the dispatcher's read gives one back.
-        in_claim = self.i.valid & self.i.ready & ((self.i.payload != 0) | dense)
+        in_claim = beat.valid & beat.ready & (beat.payload.nonzero | dense)
         # Each change's result from the register, picked by the three strobes: the strobes'
         # logic is not followed by an adder.
         credit_back = evq.r_en & evq.r_rdy
@@ -445,7 +463,8 @@ class SharedCore(wiring.Component):
                 for took in (0, 1):
                     for claimed in (0, 1):
                         with m.Case(back | took << 1 | claimed << 2):
-                            m.d.sync += src_credits.eq(src_credits + (back - took - claimed))
+                            after = src_credits + (back - took - claimed)
+                            m.d.sync += [src_credits.eq(after), room.eq(after != 0), room2.eq(after >= 2)]
         ev_ptr = Signal(range(lay.event_depth + 1))        # the update unit's next event address
         out_busy = Signal()         # outputs of a step still to read (they overlap the next step)
         out_pending = Signal()      # out_left != 0, a register beside it
@@ -457,26 +476,24 @@ class SharedCore(wiring.Component):
         src_hold = Signal()
         m.d.sync += src_hold.eq((src_a.kind == KIND_READOUT) & out_busy)
         m.d.comb += src_follow.eq(src_following & src_behind & ~src_hold)
-        m.d.comb += src_take.eq(((src_buffering & src_more) | src_follow) & room)
+        # A buffer's take is one gate of flip-flops (src_left, its only count, is decremented a
+        # cycle later, from src_took); a follow's take two.
+        take_buffer = Signal()
+        src_took = Signal()          # a buffer take of the cycle before, not yet off src_left
+        m.d.comb += [take_buffer.eq(src_buffering & src_more & room), src_take.eq(take_buffer | (src_follow & room))]
+        # Before the sequencer: a new segment's count replaces the last take's decrement.
+        with m.If(src_took):
+            m.d.sync += src_left.eq(src_left - 1)
         m.d.comb += [ev_rd.addr.eq(src_addr), ev_rd.en.eq(1)]
         m.d.sync += [s1_valid.eq(0), s2_valid.eq(s1_valid)]
-        with m.If(self.i.valid & self.i.ready):
+        with m.If(beat.valid & beat.ready):
             m.d.sync += [in_left.eq(in_left - 1), in_open.eq(in_left != 1), src_elem.eq(src_elem + 1)]
             with m.If(in_left == 1):
-                m.d.sync += [in_have.eq(1), in_last.eq(self.last)]
+                m.d.sync += [in_have.eq(1), in_last.eq(beat.payload.last)]
             # A zero input fetches no row (except in the dense baseline).
-            m.d.sync += [s2_valid.eq((self.i.payload != 0) | dense), s2_event.row.eq(lay.row_base[0] + src_elem),
-                         s2_event.value.eq(self.i.payload), s2_event.kind.eq(KIND_INPUT), s2_event.layer.eq(0),
+            m.d.sync += [s2_valid.eq(beat.payload.nonzero | dense), s2_event.row.eq(lay.row_base[0] + src_elem),
+                         s2_event.value.eq(beat.payload.value), s2_event.kind.eq(KIND_INPUT), s2_event.layer.eq(0),
                          s2_event.bank.eq(bank ^ in_ahead)]
-        with m.If(src_take):
-            with m.If(src_pair & ~src_phase):
-                m.d.sync += src_phase.eq(1)                  # the same event again, for src_b
-            with m.Else():
-                m.d.sync += [src_phase.eq(0), src_addr.eq(src_addr + 1)]
-                with m.If(src_buffering):
-                    m.d.sync += [src_left.eq(src_left - 1), src_more.eq(src_left != 1)]
-            # Taken with the read: the next segment may already be set up when its data arrives.
-            m.d.sync += [s1_valid.eq(1), s1_desc.eq(Mux(src_pair & src_phase, src_b.as_value(), src_a.as_value()))]
         ev_data = Signal(ev_word.struct_layout())
         m.d.comb += ev_data.eq(ev_rd.data)
         with m.If(s1_valid):
@@ -501,7 +518,7 @@ class SharedCore(wiring.Component):
             kind): each event also fetches that row, into the other bank."""
             cur = bank if cur is None else cur
             stmts = [src_mode.eq(SRC_FOLLOW if follow else SRC_BUFFER), src_left.eq(0 if follow else count),
-                     src_more.eq(0 if follow else count != 0),
+                     src_more.eq(0 if follow else count != 0), src_took.eq(0),
                      src_addr.eq(_event_base(l, q)), src_phase.eq(0), src_pair.eq(then is not None)]
             stmts += describe(src_a, l, use, kind, zero, cur if to_bank is None else to_bank)
             if then is not None:
@@ -768,11 +785,6 @@ class SharedCore(wiring.Component):
         m.d.comb += [ev_wr.en.eq(write_event), ev_wr.addr.eq(ev_ptr), ev_wr.data.eq(ev_in)]
         with m.If(write_event):
             m.d.sync += [ev_ptr.eq(ev_ptr + 1), ev_count.eq(ev_count + 1)]
-        src_advance = src_take & ~(src_pair & ~src_phase)
-        with m.If(write_event & ~src_advance):
-            m.d.sync += [src_lag.eq(src_lag + 1), src_behind.eq(1)]
-        with m.Elif(src_advance & ~write_event):
-            m.d.sync += [src_lag.eq(src_lag - 1), src_behind.eq(src_lag != 1)]
         done_now = sum((unit.o_valid for unit in units), Const(0, range(U + 1)))
         m.d.sync += sw_outputs.eq(sw_outputs - done_now)
         # Once true in SWEEP it stays true until the state leaves (nothing is issued or in flight).
@@ -829,12 +841,14 @@ class SharedCore(wiring.Component):
                 m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, counts[l][~parity])
                 m.d.sync += goto(ACC_REC)
 
-        def drained(k, then, ready=Const(1)):
-            """``then`` once the dispatcher has been idle for ``k`` cycles (and ``ready``)."""
+        def drained(k, then, ready=Const(1), strobes=()):
+            """``then`` (and the comb ``strobes``) once the dispatcher has been idle for ``k``
+            cycles (and ``ready``)."""
             with m.If(~idle_dispatch):
                 m.d.sync += drain.eq(0)
             with m.Elif((drain >= k) & ready):
                 m.d.sync += [drain.eq(0)] + then
+                m.d.comb += list(strobes)
             with m.Elif(drain < k):
                 m.d.sync += drain.eq(drain + 1)
 
@@ -868,7 +882,8 @@ class SharedCore(wiring.Component):
         # The states are exclusive: one If per state's flip-flop.
         with m.If(onehot[IDLE]):
             with m.If(self.start & ~in_open & ~in_have):
-                m.d.sync += [fresh.eq(1), steps.eq(0)]
+                m.d.sync += fresh.eq(1)
+                m.d.comb += seq_start.eq(1)
                 for l in range(L):
                     m.d.sync += [counts[l][0].eq(0), counts[l][1].eq(0)]
                 if banks == 2:
@@ -910,7 +925,7 @@ class SharedCore(wiring.Component):
             step_end = [src_mode.eq(SRC_NONE), ro_active.eq(0), out_left.eq(lay.outputs),
                         out_pending.eq(lay.outputs != 0), out_o.eq(0), out_lane.eq(0),
                         out_local.eq(0), goto(IDLE), parity.eq(~parity), fresh.eq(0),
-                        steps.eq(steps + 1), step_cycles.eq(this_step + 1)]
+                        step_cycles.eq(this_step)]
             if banks == 2:
                 step_end += [bank.eq(~bank), in_ahead.eq(0)]
                 with m.If(~idle_dispatch):
@@ -925,14 +940,35 @@ class SharedCore(wiring.Component):
                     # The next step's inputs are in (taken during this sweep), and so are its
                     # recurrent rows: its first sweep starts now (the drain covers the sweep's).
                     m.d.sync += [drain.eq(0)] + step_end + [
-                        layer.eq(0), this_step.eq(0), in_have.eq(0), step_last.eq(in_last)]
+                        layer.eq(0), in_have.eq(0), step_last.eq(in_last)]
+                    m.d.comb += [step_done.eq(1), step_restart.eq(1)]
                     m.d.sync += enter_sweep(0, ~parity, ~bank, in_last, L == 1)
                 with m.Else():
                     m.d.sync += [drain.eq(0)] + step_end
+                    m.d.comb += step_done.eq(1)
             else:
                 # The step before's outputs must have left before this step's take their place
                 # (a step whose last layer is silent has no readout rows to wait for them).
-                drained(out_drain, step_end, ready=~out_pending)
+                drained(out_drain, step_end, ready=~out_pending, strobes=[step_done.eq(1)])
+
+        # -- the source's takes, after the sequencer so that their muxes come last (nearest the
+        # registers): the sequencer sets the source up only while it takes nothing (a segment
+        # starts when the one before is over; the sweep starts on a drained dispatcher).
+        m.d.sync += src_took.eq(take_buffer)
+        with m.If(take_buffer):
+            m.d.sync += src_more.eq(Mux(src_took, src_left != 2, src_left != 1))
+        with m.If(src_take):
+            with m.If(src_pair & ~src_phase):
+                m.d.sync += src_phase.eq(1)                  # the same event again, for src_b
+            with m.Else():
+                m.d.sync += [src_phase.eq(0), src_addr.eq(src_addr + 1)]
+            # Taken with the read: the next segment may already be set up when its data arrives.
+            m.d.sync += [s1_valid.eq(1), s1_desc.eq(Mux(src_pair & src_phase, src_b.as_value(), src_a.as_value()))]
+        src_advance = src_take & ~(src_pair & ~src_phase)
+        with m.If(write_event & ~src_advance):
+            m.d.sync += [src_lag.eq(src_lag + 1), src_behind.eq(1)]
+        with m.Elif(src_advance & ~write_event):
+            m.d.sync += [src_lag.eq(src_lag - 1), src_behind.eq(src_lag != 1)]
 
         # A model's words go in while nothing reads them: idle, no step's inputs or outputs under
         # way. Registered (load_quiet), so that ``ready`` is one gate deep: in a cycle with
@@ -940,14 +976,15 @@ class SharedCore(wiring.Component):
         # ``ready`` asks the same of its own cycle, so the input engine does not open while a
         # load is taken.
         load_quiet = Signal()
-        no_request = ~self.start & ~self.i.valid
+        no_request = ~self.start & ~self.i.valid & ~beat.valid
         m.d.sync += load_quiet.eq(onehot[IDLE] & ~in_open & ~in_have & ~out_busy & ~out_pending & no_request)
         m.d.comb += self.load.ready.eq(load_quiet & no_request)
 
         # The input engine opens for a step when the sequencer waits for one, or (two banks)
         # for the next step during the last layer's sweep.
-        with m.If(~in_open & ~in_have & self.i.valid):
-            opened = [in_left.eq(lay.input_size), in_open.eq(lay.input_size != 0), src_elem.eq(0)]
+        with m.If(~in_open & ~in_have & (self.i.valid | beat.valid)):
+            opened = [in_left.eq(lay.input_size), in_open.eq(lay.input_size != 0), src_elem.eq(0),
+                      in_accept_left.eq(lay.input_size), in_accepting.eq(lay.input_size != 0)]
             with m.If(onehot[IDLE] & ~self.start):
                 m.d.sync += opened + [in_ahead.eq(0)]
             if banks == 2:

@@ -74,7 +74,7 @@ def units(args=None):
 
 
 class Harness(Elaboratable):
-    """Every input of ``unit`` from an LFSR; every output XORed into ``out``."""
+    """Every input of ``unit`` from an LFSR; every output XORed into ``out`` (a registered tree)."""
 
     def __init__(self, unit: wiring.Component):
         self.unit = unit
@@ -95,9 +95,17 @@ class Harness(Elaboratable):
             taps = Cat(*(lfsr[(bit + k) % 64] for k in range(width)))
             m.d.comb += value.eq(taps)
             bit += width
-        folded = Signal()
-        m.d.comb += folded.eq(Cat(*(Value.cast(v) for v in outputs)).xor())
-        m.d.sync += self.out.eq(folded)
+        # A tree of 4-input XORs, each registered: an output's path ends one LUT after the
+        # block's logic, as it would at a register of whatever the block feeds.
+        level = list(Cat(*(Value.cast(v) for v in outputs)))
+        while len(level) > 1:
+            nxt = []
+            for k in range(0, len(level), 4):
+                r = Signal(name=f"fold{len(level)}_{k // 4}")
+                m.d.sync += r.eq(Cat(*level[k:k + 4]).xor())
+                nxt.append(r)
+            level = nxt
+        m.d.sync += self.out.eq(level[0])
         return m
 
 
