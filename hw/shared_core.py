@@ -457,7 +457,10 @@ class SharedCore(wiring.Component):
         in_claim = beat.valid & beat.ready & (beat.payload.nonzero | dense)
         # Each change's result from the register, picked by the three strobes: the strobes'
         # logic is not followed by an adder.
-        credit_back = evq.r_en & evq.r_rdy
+        # A slot read by the dispatcher comes back a cycle later (a register: the dispatcher's
+        # ready does not reach the credits' enables).
+        credit_back = Signal()
+        m.d.sync += credit_back.eq(evq.r_en & evq.r_rdy)
         with m.Switch(Cat(credit_back, src_take, in_claim)):
             for back in (0, 1):
                 for took in (0, 1):
@@ -788,7 +791,10 @@ class SharedCore(wiring.Component):
         done_now = sum((unit.o_valid for unit in units), Const(0, range(U + 1)))
         m.d.sync += sw_outputs.eq(sw_outputs - done_now)
         # Once true in SWEEP it stays true until the state leaves (nothing is issued or in flight).
-        m.d.sync += sw_done.eq(onehot[SWEEP] & ~sw_more & (sw_outputs == 0) & ~ev_pending)
+        # Below the last layer it also waits for the source: the next layer's input rows read
+        # this bank.
+        m.d.sync += sw_done.eq(onehot[SWEEP] & ~sw_more & (sw_outputs == 0) & ~ev_pending
+                               & ((layer == L - 1) | ~src_follow))
         if self.config.debug:
             for u, unit in enumerate(units):
                 dbg = self.dbg if U == 1 else self.dbg[u]
@@ -841,16 +847,25 @@ class SharedCore(wiring.Component):
                 m.d.sync += source_buffer(l, ~parity, "recurrent", KIND_RECURRENT, counts[l][~parity])
                 m.d.sync += goto(ACC_REC)
 
+        # A state's exit is decided in one cycle (go_now, the state's condition) and taken in
+        # the next (seq_go, a register), so that the exit's many assignments hang off one
+        # flip-flop. Every condition waited on stays true once it holds (nothing enters a
+        # drained dispatcher, a source that is done stays done), so the register is exact, a
+        # cycle late.
+        go_now, seq_go = Signal(), Signal()
+        m.d.sync += seq_go.eq(go_now & ~seq_go)
+
         def drained(k, then, ready=Const(1), strobes=()):
             """``then`` (and the comb ``strobes``) once the dispatcher has been idle for ``k``
             cycles (and ``ready``)."""
+            m.d.comb += go_now.eq(idle_dispatch & (drain >= k) & ready)
             with m.If(~idle_dispatch):
                 m.d.sync += drain.eq(0)
-            with m.Elif((drain >= k) & ready):
-                m.d.sync += [drain.eq(0)] + then
-                m.d.comb += list(strobes)
             with m.Elif(drain < k):
                 m.d.sync += drain.eq(drain + 1)
+            with m.If(seq_go):
+                m.d.sync += [drain.eq(0)] + then
+                m.d.comb += list(strobes)
 
         banks = self.config.banks
 
@@ -896,13 +911,15 @@ class SharedCore(wiring.Component):
                 m.d.sync += [goto(ACC_IN), layer.eq(0)]
         with m.If(onehot[ACC_IN]):
             # Layer 0: the step's inputs taken; a layer above: its input rows from the buffer.
-            with m.If(Mux(layer == 0, in_have, ~src_more)):
+            m.d.comb += go_now.eq(Mux(layer == 0, in_have, ~src_more))
+            with m.If(seq_go):
                 m.d.sync += src_mode.eq(SRC_NONE)
                 with m.If(layer == 0):
                     m.d.sync += [in_have.eq(0), step_last.eq(in_last)]
                 start_recurrent_or_drain(layer)
         with m.If(onehot[ACC_REC]):
-            with m.If(~src_more):
+            m.d.comb += go_now.eq(~src_more)
+            with m.If(seq_go):
                 m.d.sync += [src_mode.eq(SRC_NONE), goto(DRAIN)]
         with m.If(onehot[DRAIN]):
             # A clear holds the lanes' sweep ports: the sweep waits for it.
@@ -916,7 +933,7 @@ class SharedCore(wiring.Component):
                 m.d.sync += counts[layer][parity].eq(ev_count)
                 with m.If(layer == last):
                     m.d.sync += goto(RO_DRAIN)
-                with m.Elif(~src_follow):
+                with m.Else():                 # sw_done waited for the source (below)
                     # The next layer's input rows read this bank: they wait for the sweep.
                     m.d.sync += [layer.eq(layer + 1), goto(ACC_IN)]
                     m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
@@ -928,14 +945,17 @@ class SharedCore(wiring.Component):
                         step_cycles.eq(this_step)]
             if banks == 2:
                 step_end += [bank.eq(~bank), in_ahead.eq(0)]
+                # With the engine the outputs leave its registers, not the lanes': the
+                # next sweep's drain is all the lanes need. The step before's outputs must
+                # have left the words.
+                k = sweep_drain if engine is not None else out_drain
+                m.d.comb += go_now.eq(idle_dispatch & (drain >= k) & ~out_pending)
                 with m.If(~idle_dispatch):
                     m.d.sync += drain.eq(0)
-                # With the engine the outputs leave its registers, not the lanes': the
-                # next sweep's drain is all the lanes need.
-                with m.Elif(drain < (sweep_drain if engine is not None else out_drain)):
+                with m.Elif(drain < k):
                     m.d.sync += drain.eq(drain + 1)
-                with m.Elif(out_pending):
-                    pass                # the step before's outputs still leave the words
+                with m.If(~seq_go):
+                    pass
                 with m.Elif(in_have):
                     # The next step's inputs are in (taken during this sweep), and so are its
                     # recurrent rows: its first sweep starts now (the drain covers the sweep's).
