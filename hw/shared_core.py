@@ -606,7 +606,7 @@ class SharedCore(wiring.Component):
         out_o = Signal(range(max(2, lay.outputs)))
         out_lane = Signal(range(max(2, P)))
         out_local = Signal(range(max(2, lay.readout_local)))
-        out_v = [Signal(name=f"out{c}_valid") for c in range(5)]    # read issued 0..4 cycles ago
+        out_v = [Signal(name=f"out{c}_valid") for c in range(4)]    # read issued 0..3 cycles ago
         # Credits: the output queue's slots not claimed by an issued output (a register, so that
         # the issue decision is one compare deep rather than an add of the queue's level).
         out_credits = Signal(range(oq.depth + 1), init=oq.depth)
