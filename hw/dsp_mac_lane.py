@@ -31,7 +31,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .construct import checked_construction
-from .mac_lane import RegisterAccumulators, check_lane_arguments, register_ports, take_registers
+from .mac_lane import RegisterAccumulators, check_lane_arguments, register_ports, sweep_hit_port, take_registers
 
 __all__ = ["DSPMacLane", "DSP_KINDS"]
 
@@ -47,6 +47,8 @@ class DSPMacLane(wiring.Component):
     entries, both ways, on the block RAM's addresses. The last ``registers`` addresses are
     flip-flops, as in MacLane: entries and sweep accesses on them use no block-RAM port; with
     ``banks=2``, an entry in one bank and a sweep access in the other use different block RAMs.
+    ``sweep_raw=True``: ``sweep_rd_data`` is the block RAM's output one cycle after the
+    address (not zeroed), with ``sweep_rd_hit`` set when a read was issued the cycle before.
     ``sweep_registers=False``: the sweep port addresses block-RAM words only (the register
     words leave through the take port), which saves the register words' sweep muxes.
     ``register_words``: only the first that many register addresses hold a word (the others
@@ -58,13 +60,16 @@ class DSPMacLane(wiring.Component):
     LATENCY = 5     # an entry on i_* in cycle t is readable through sweep_rd from cycle t + 5
 
     def __init__(self, *, depth: int, weight_bits: int = 8, max_align: int = 8, dsp: str = "model",
-                 registers: int = 0, banks: int = 1, sweep_registers: bool = True, register_words: int | None = None):
+                 registers: int = 0, banks: int = 1, sweep_registers: bool = True, register_words: int | None = None,
+                 sweep_raw: bool = False):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
                                  operand_bits=16, operand="the 16-bit DSP operand", registers=registers,
-                                 banks=banks, sweep_registers=sweep_registers, register_words=register_words)
+                                 banks=banks, sweep_registers=sweep_registers, register_words=register_words,
+                                 sweep_raw=sweep_raw)
             self.registers, self.banks, self.sweep_registers = registers, banks, sweep_registers
             self.register_words = register_words
+            self.sweep_raw = sweep_raw
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
             if dsp not in DSP_KINDS:
                 raise ValueError(f"dsp must be one of {', '.join(DSP_KINDS)}, not {dsp!r}")
@@ -76,7 +81,7 @@ class DSPMacLane(wiring.Component):
             "i_value": In(signed(16)), "i_align": In(range(max_align + 1)),
             "sweep_rd_en": In(1), "sweep_rd_addr": In(addr), "sweep_rd_data": Out(signed(32)),
             "sweep_wr_en": In(1), "sweep_wr_addr": In(addr), "sweep_wr_data": In(signed(32)),
-            **register_ports(registers, 32),
+            **register_ports(registers, 32), **sweep_hit_port(sweep_raw),
         })
 
     def _dsp(self, m, a, b, cd, o):
@@ -113,7 +118,7 @@ class DSPMacLane(wiring.Component):
         # and 28 LUT each on the iCE40).
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
                                     banks=self.banks, sweep_registers=self.sweep_registers, late_sweep_write=True,
-                                    register_words=self.register_words, shared_take=True)
+                                    register_words=self.register_words, shared_take=True, sweep_raw=self.sweep_raw)
 
         operand = Signal(signed(16))
         m.d.comb += operand.eq(self.i_weight << self.i_align)
@@ -134,7 +139,9 @@ class DSPMacLane(wiring.Component):
                      a3_valid.eq(a2_valid), a3_addr.eq(a2_addr)]
         # The entry's read is issued at a1: its data (block RAM or register) is there at a2.
         take_registers(regs, self)          # shares the entries' word select: before read()
-        entry_data = regs.read(a1_addr, self.sweep_rd_en, self.sweep_rd_addr)
+        # The register words' hits compared at a0, so that the select at a1 (shared with the
+        # take) is one LUT after flip-flops.
+        entry_data = regs.read(a1_addr, self.sweep_rd_en, self.sweep_rd_addr, entry_hits=regs.hits_ahead(a0_addr))
 
         # Forwarding, decided a cycle ahead: the entry now at a1 against the one at a2 (it will
         # be on O) and the one at a3 (it will be on a3_prev).
@@ -145,7 +152,11 @@ class DSPMacLane(wiring.Component):
         m.d.sync += a3_prev.eq(o)
         m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, entry_data)))
 
-        regs.write(a3_valid, a3_addr, o, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data)
-        # The sweep reads two cycles after its address: one for the block RAM, one register.
+        regs.write(a3_valid, a3_addr, o, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data,
+                   entry_hits=regs.hits_ahead(a2_addr))
+        # The sweep reads two cycles after its address: one for the block RAM, one register
+        # (raw: one, the block RAM's).
         m.d.comb += self.sweep_rd_data.eq(regs.sweep_data)
+        if self.sweep_raw:
+            m.d.comb += self.sweep_rd_hit.eq(regs.sweep_hit)
         return m

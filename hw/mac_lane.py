@@ -14,7 +14,9 @@ Pipeline (stage prefixes in signal names)::
     a2  product (DSP output register); read data registered; sum = acc + product; write
 
 The sweep port reads a word (``sweep_rd_*``, data two cycles later on ``sweep_rd_data``, which
-is 0 two cycles after a cycle without a sweep read, so that a core may OR lanes' words) and
+is 0 two cycles after a cycle without a sweep read, so that a core may OR lanes' words; with
+``sweep_raw=True`` the block RAM's own output one cycle after the address, with
+``sweep_rd_hit`` set, for a core that registers several lanes' words in one LUT each) and
 writes a word (``sweep_wr_*``, for example the next step's initial value). The caller keeps the
 sweep off the cycles that carry entries (entries at a0 for reads, at a2 for writes); a
 sweep write counts as a write for forwarding, so entries may follow it at once.
@@ -30,7 +32,8 @@ from amaranth.lib.wiring import In, Out
 from .construct import checked_construction
 from .pipeline import NO_RW_COLLISIONS, collisions_poisoned
 
-__all__ = ["MacLane", "RegisterAccumulators", "TAKE_LATENCY", "check_lane_arguments", "register_ports"]
+__all__ = ["MacLane", "RegisterAccumulators", "TAKE_LATENCY", "check_lane_arguments", "register_ports",
+           "sweep_hit_port"]
 
 
 def _positive(name, value, low=1):
@@ -42,7 +45,8 @@ def _positive(name, value, low=1):
 
 
 def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, operand: str, registers: int = 0,
-                         banks: int = 1, sweep_registers: bool = True, register_words: int | None = None):
+                         banks: int = 1, sweep_registers: bool = True, register_words: int | None = None,
+                         sweep_raw: bool = False):
     """The checks every lane shares: ``depth`` accumulators (at least 2), ``weight_bits`` and the
     alignment, with ``weight << align`` fitting ``operand`` (``operand_bits`` wide), fewer
     ``registers`` than ``depth``, and 1 or 2 ``banks`` (two of a power-of-two size each)."""
@@ -56,6 +60,8 @@ def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, op
         raise ValueError(f"registers must be fewer than depth ({depth}), not {registers}")
     if banks not in (1, 2) or isinstance(banks, bool):
         raise ValueError(f"banks must be 1 or 2, not {banks!r}")
+    if not isinstance(sweep_raw, bool):
+        raise TypeError(f"sweep_raw must be True or False, not {sweep_raw!r}")
     if not isinstance(sweep_registers, bool):
         raise TypeError(f"sweep_registers must be True or False, not {sweep_registers!r}")
     ram = depth - registers
@@ -63,6 +69,12 @@ def check_lane_arguments(*, depth, weight_bits, max_align, operand_bits: int, op
         raise ValueError(f"two banks need depth - registers to be twice a power of two (at least 4), not {ram}")
     if weight_bits + max_align > operand_bits:
         raise ValueError(f"weight_bits + max_align must fit {operand}, not {weight_bits} + {max_align}")
+
+
+def sweep_hit_port(sweep_raw: bool) -> dict:
+    """``sweep_rd_hit`` (the sweep read one cycle before; its word is on ``sweep_rd_data``) for
+    a lane whose sweep data is raw."""
+    return {"sweep_rd_hit": Out(1)} if sweep_raw else {}
 
 
 def register_ports(registers: int, acc_bits: int) -> dict:
@@ -99,8 +111,14 @@ class RegisterAccumulators:
 
     def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1,
                  sweep_registers: bool = True, late_sweep_write: bool = False, register_words: int | None = None,
-                 shared_take: bool = False):
+                 shared_take: bool = False, sweep_raw: bool = False):
         self.m, self.shape = m, shape
+        # True: ``sweep_data`` is the block RAM's output (one cycle after the read, not zeroed)
+        # and ``sweep_hit`` says a read was issued the cycle before: the caller's register can
+        # then AND-OR two lanes' words in one LUT per bit, where a zeroing register of its own
+        # (a flip-flop's reset) has no LUT to share a logic cell with.
+        self.sweep_raw = sweep_raw
+        self.sweep_hit = Signal()
         # True: the take port reads through the entries' register-word select (call take()
         # before read()); take_data then holds an entry's register read in cycles without a take.
         self.shared_take = shared_take
@@ -185,10 +203,19 @@ class RegisterAccumulators:
         self.m.d.sync += hit.eq(wr.en & (wr.addr == rd.addr))
         return Mux(hit, rd.data ^ 0x5A5A5A5A, rd.data)
 
-    def read(self, entry_addr, sweep_en, sweep_addr):
+    def hits_ahead(self, addr):
+        """The register words' hits of ``addr``, registered: with the address a cycle before
+        the entry's read, ``read(..., entry_hits=)`` takes them instead of comparing there."""
+        hits = [Signal(name=f"reg_hit{j}") for j in range(len(self.words))]
+        self.m.d.sync += [h.eq(a) for h, a in zip(hits, self._hits(addr))]
+        return hits
+
+    def read(self, entry_addr, sweep_en, sweep_addr, entry_hits=None):
         """Issue an entry's read and the sweep's: the entry's data one cycle later (returned),
         the sweep's two cycles later on ``sweep_data``. A sweep read of a block RAM takes its
-        port from an entry in the same bank (the caller keeps them apart)."""
+        port from an entry in the same bank (the caller keeps them apart). ``entry_hits``:
+        :meth:`hits_ahead` of the entry's address a cycle before (the word select is then one
+        LUT deep after flip-flops, not behind the address compares)."""
         m = self.m
         for b, rd in enumerate(self.rds):
             here = self._in_bank(sweep_en, sweep_addr, b)
@@ -198,12 +225,16 @@ class RegisterAccumulators:
         e_ram, s_ram = self._ram_data(e_bank), self._ram_data(s_bank)
         # sweep_data is 0 unless the sweep read two cycles before: the lanes' words can then be
         # ORed together instead of muxed (a flip-flop's synchronous reset, no logic).
-        s_en = Signal()
+        s_en = self.sweep_hit
         m.d.sync += s_en.eq(sweep_en)
+        sweep = m.d.comb if self.sweep_raw else m.d.sync
+
+        def sweep_word(word):
+            return word if self.sweep_raw else Mux(s_en, word, 0)
         entry_data = Signal(self.shape)
         if not self.words:
             m.d.comb += entry_data.eq(e_ram)
-            m.d.sync += self.sweep_data.eq(Mux(s_en, s_ram, 0))
+            sweep += self.sweep_data.eq(sweep_word(s_ram))
             return entry_data
         e_reg, e_is_reg = Signal(self.shape), Signal()
         if self.shared_take:
@@ -215,17 +246,21 @@ class RegisterAccumulators:
                 raise RuntimeError("shared_take: take() must come before read()")
             take_en, take_index = self._take
             # Per word: the take's small index compare, or the entry's address compare.
-            hits = [Mux(take_en, take_index == j, hit) for j, hit in enumerate(self._hits(entry_addr))]
+            own = self._hits(entry_addr) if entry_hits is None else entry_hits
+            hits = [Mux(take_en, take_index == j, hit) for j, hit in enumerate(own)]
             m.d.comb += self.take_data.eq(e_reg)
         else:
-            hits = self._hits(entry_addr)
+            hits = self._hits(entry_addr) if entry_hits is None else entry_hits
         m.d.sync += [e_reg.eq(self._select_hits(hits)), e_is_reg.eq(self.is_register(entry_addr))]
         if self.sweep_registers:
             s_reg, s_is_reg = Signal(self.shape), Signal()
-            m.d.sync += [s_reg.eq(self._select(sweep_addr)), s_is_reg.eq(self.is_register(sweep_addr)),
-                         self.sweep_data.eq(Mux(s_en, Mux(s_is_reg, s_reg, s_ram), 0))]
+            m.d.sync += [s_reg.eq(self._select(sweep_addr)), s_is_reg.eq(self.is_register(sweep_addr))]
+            if self.sweep_raw:
+                m.d.comb += self.sweep_data.eq(Mux(s_is_reg, s_reg, s_ram))
+            else:
+                m.d.sync += self.sweep_data.eq(Mux(s_en, Mux(s_is_reg, s_reg, s_ram), 0))
         else:
-            m.d.sync += self.sweep_data.eq(Mux(s_en, s_ram, 0))
+            sweep += self.sweep_data.eq(sweep_word(s_ram))
         m.d.comb += entry_data.eq(Mux(e_is_reg, e_reg, e_ram))
         return entry_data
 
@@ -243,9 +278,10 @@ class RegisterAccumulators:
             out = Mux(en & (index == j), word, out)
         m.d.sync += self.take_data.eq(out)
 
-    def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data):
+    def write(self, entry_en, entry_addr, entry_data, sweep_en, sweep_addr, sweep_data, entry_hits=None):
         """This cycle's writes: an entry's sum and a sweep word (and a take's clear); on one
-        memory or one register the entry wins, then the sweep (the caller keeps them apart)."""
+        memory or one register the entry wins, then the sweep (the caller keeps them apart).
+        ``entry_hits``: :meth:`hits_ahead` of the entry's address a cycle before."""
         m = self.m
         for b, wr in enumerate(self.wrs):
             entry_here = self._in_bank(entry_en, entry_addr, b)
@@ -260,7 +296,8 @@ class RegisterAccumulators:
             m.d.comb += [wr.en.eq(entry_here | sweep_here),
                          wr.addr.eq(Mux(entry_here, self._low(entry_addr), s_addr)),
                          wr.data.eq(Mux(entry_here, entry_data, s_data))]
-        for j, (hit_e, hit_s, word) in enumerate(zip(self._hits(entry_addr), self._hits(sweep_addr), self.words)):
+        own = self._hits(entry_addr) if entry_hits is None else entry_hits
+        for j, (hit_e, hit_s, word) in enumerate(zip(own, self._hits(sweep_addr), self.words)):
             with m.If(entry_en & hit_e):
                 m.d.sync += word.eq(entry_data)
             with m.Elif(sweep_en & hit_s & self.sweep_registers):
@@ -287,13 +324,15 @@ class MacLane(wiring.Component):
 
     def __init__(self, *, depth: int, acc_bits: int = 32, weight_bits: int = 8, value_bits: int = 16,
                  max_align: int = 8, registers: int = 0, banks: int = 1, sweep_registers: bool = True,
-                 register_words: int | None = None):
+                 register_words: int | None = None, sweep_raw: bool = False):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
                                  operand_bits=18, operand="one 18-bit multiplier operand", registers=registers,
-                                 banks=banks, sweep_registers=sweep_registers, register_words=register_words)
+                                 banks=banks, sweep_registers=sweep_registers, register_words=register_words,
+                                 sweep_raw=sweep_raw)
             self.registers, self.banks, self.sweep_registers = registers, banks, sweep_registers
             self.register_words = register_words
+            self.sweep_raw = sweep_raw
             self.acc_bits = _positive("acc_bits", acc_bits, 2)
             self.value_bits = _positive("value_bits", value_bits, 2)
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
@@ -303,7 +342,7 @@ class MacLane(wiring.Component):
             "i_value": In(signed(value_bits)), "i_align": In(range(max_align + 1)),
             "sweep_rd_en": In(1), "sweep_rd_addr": In(addr), "sweep_rd_data": Out(signed(acc_bits)),
             "sweep_wr_en": In(1), "sweep_wr_addr": In(addr), "sweep_wr_data": In(signed(acc_bits)),
-            **register_ports(registers, acc_bits),
+            **register_ports(registers, acc_bits), **sweep_hit_port(sweep_raw),
         })
 
     def elaborate(self, platform):
@@ -312,7 +351,7 @@ class MacLane(wiring.Component):
         addr_shape = self.i_addr.shape()
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
                                     banks=self.banks, sweep_registers=self.sweep_registers,
-                                    register_words=self.register_words)
+                                    register_words=self.register_words, sweep_raw=self.sweep_raw)
 
         # a0: the entry, registered; the weight shifted before the register (a small mux on a
         # narrow operand, not a barrel shifter on the product).
@@ -353,6 +392,8 @@ class MacLane(wiring.Component):
         # Forwarding counts one write per cycle, the entry's before the sweep's.
         m.d.sync += [w1_en.eq(write_en), w1_addr.eq(write_addr), w1_data.eq(write_data), w2_data.eq(w1_data)]
 
-        # The sweep's read data, two cycles after its address.
+        # The sweep's read data, two cycles after its address (raw: one).
         m.d.comb += self.sweep_rd_data.eq(regs.sweep_data)
+        if self.sweep_raw:
+            m.d.comb += self.sweep_rd_hit.eq(regs.sweep_hit)
         return m

@@ -252,8 +252,10 @@ class SharedCore(wiring.Component):
         amap = self._lane_map()
         mine = len(range(p, lay.outputs, lay.lanes)) if amap.registers else 0
         # The sweep reads and clears neuron words only: the readout's leave through the take port.
+        # Its words come raw (the block RAM's output and a hit flag): the core registers two
+        # lanes' words in one LUT per bit (the buses below).
         words = dict(depth=amap.depth, registers=amap.registers, register_words=mine, banks=amap.banks,
-                     sweep_registers=False)
+                     sweep_registers=False, sweep_raw=True)
         if kind == "fabric":
             return MacLane(acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits, value_bits=VALUE_BITS,
                            max_align=lay.max_align, **words)
@@ -419,10 +421,13 @@ class SharedCore(wiring.Component):
         s1_desc = Signal(desc)
         s2_event = Signal(ev_layout)
         # Credits: the event queue's slots not yet claimed by s1, s2 or the queue itself
-        # (= depth - level - s1 - s2), a register; ``room`` (credits != 0) and ``room2``
-        # (credits >= 2) are registers beside it, so that a take is a gate of flip-flops.
+        # (= depth - level - s1 - s2), a register; ``room2`` (credits >= 2) is a register
+        # beside it, so that a take is a gate of flip-flops. A take comes off the credits a
+        # cycle late (``src_take_late``: the take's logic does not reach the credits' enables),
+        # so it needs two credits: one for itself, one for a take of the cycle before.
         src_credits = Signal(range(evq.depth + 1), init=evq.depth)
-        room, room2 = Signal(init=1), Signal(init=evq.depth >= 2)
+        room2 = Signal(init=evq.depth >= 2)
+        src_take_late = Signal()
         src_take = Signal()
         # -- in_: the layer-0 inputs of a step, from ``i``. With two banks the next step's may
         # come during the last layer's sweep (they go to the other bank): ``in_ahead``.
@@ -461,13 +466,14 @@ class SharedCore(wiring.Component):
         # ready does not reach the credits' enables).
         credit_back = Signal()
         m.d.sync += credit_back.eq(evq.r_en & evq.r_rdy)
-        with m.Switch(Cat(credit_back, src_take, in_claim)):
+        m.d.sync += src_take_late.eq(src_take)
+        with m.Switch(Cat(credit_back, src_take_late, in_claim)):
             for back in (0, 1):
                 for took in (0, 1):
                     for claimed in (0, 1):
                         with m.Case(back | took << 1 | claimed << 2):
                             after = src_credits + (back - took - claimed)
-                            m.d.sync += [src_credits.eq(after), room.eq(after != 0), room2.eq(after >= 2)]
+                            m.d.sync += [src_credits.eq(after), room2.eq(after >= 2)]
         ev_ptr = Signal(range(lay.event_depth + 1))        # the update unit's next event address
         out_busy = Signal()         # outputs of a step still to read (they overlap the next step)
         out_pending = Signal()      # out_left != 0, a register beside it
@@ -483,7 +489,7 @@ class SharedCore(wiring.Component):
         # cycle later, from src_took); a follow's take two.
         take_buffer = Signal()
         src_took = Signal()          # a buffer take of the cycle before, not yet off src_left
-        m.d.comb += [take_buffer.eq(src_buffering & src_more & room), src_take.eq(take_buffer | (src_follow & room))]
+        m.d.comb += [take_buffer.eq(src_buffering & src_more & room2), src_take.eq(take_buffer | (src_follow & room2))]
         # Before the sequencer: a new segment's count replaces the last take's decrement.
         with m.If(src_took):
             m.d.sync += src_left.eq(src_left - 1)
@@ -600,7 +606,10 @@ class SharedCore(wiring.Component):
                 m.d.sync += st[k].eq(st[k - 1])
 
         # -- out_: the readout's outputs -------------------------------------------------------------
-        m.submodules.oq = oq = SyncFIFOBuffered(width=ACC_BITS, depth=4)
+        # Two words: an output is issued every other cycle and the credits below keep the
+        # queue from overflowing, so more depth only holds flip-flops (64 of them at depth 4;
+        # the cycles per step of the digits model at P = 8 are the same at 2 and 4).
+        m.submodules.oq = oq = SyncFIFOBuffered(width=ACC_BITS, depth=2)
         m.d.comb += [self.o.payload.eq(oq.r_data), self.o.valid.eq(oq.r_rdy), oq.r_en.eq(self.o.ready)]
         out_left = Signal(range(lay.outputs + 1))
         out_o = Signal(range(max(2, lay.outputs)))
@@ -687,12 +696,20 @@ class SharedCore(wiring.Component):
         # A lane's word is 0 unless the sweep read it, so the lanes of a class (never read in
         # one cycle) share a bus, an OR; a unit's gate picks the class of its neuron's lane.
         classes = sweep_classes(P, U, sp, slots)
+        # The lanes' words come raw, a cycle after their read, with a hit flag: each pair of a
+        # class is registered as one AND-OR (one LUT per bit, sharing a logic cell with its
+        # flip-flop), the pairs ORed after.
         buses = []
         for c, members in enumerate(classes):
             bus = Signal(signed(ACC_BITS), name=f"sw_bus{c}")
             word = Const(0, signed(ACC_BITS))
-            for p in members:
-                word = word | lanes[p].sweep_rd_data
+            for j in range(0, len(members), 2):
+                pair = Signal(signed(ACC_BITS), name=f"sw_bus{c}_pair{j // 2}")
+                hits = Const(0, signed(ACC_BITS))
+                for p in members[j:j + 2]:
+                    hits = hits | Mux(lanes[p].sweep_rd_hit, lanes[p].sweep_rd_data, 0)
+                m.d.sync += pair.eq(hits)
+                word = word | pair
             m.d.comb += bus.eq(word)
             buses.append(bus)
         class_of = {p: c for c, members in enumerate(classes) for p in members}
@@ -706,9 +723,10 @@ class SharedCore(wiring.Component):
                 st = stages[u][slots[k]]
                 rd = inits[u][k]
                 # Cycle numbers relative to this gate's stage (cycle 0; the lane reads in 1, its
-                # word is on the bus in 3). The bias is read in cycle 2, from the record two
-                # stages on, so that it is registered once and meets the lane's word in 4.
-                rd_at = slots[k] + 2
+                # word is on the bus in 3). The bias is read in cycle 3, from the record three
+                # stages on: the block RAM's output register meets the lane's word in 4 (a
+                # register of its own would have no LUT to share a logic cell with).
+                rd_at = slots[k] + 3
                 if rd_at < n_stages:
                     bias_neuron = stages[u][rd_at].neuron
                 else:
@@ -718,7 +736,7 @@ class SharedCore(wiring.Component):
                         m.d.sync += delayed.eq(bias_neuron)
                         bias_neuron = delayed
                 m.d.comb += [rd.addr.eq(bias_neuron), rd.en.eq(1)]
-                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 4)
+                bias = t.input(rd.data, 4)
                 if len(reach) == 1:
                     data_k = buses[reach[0]]
                 else:
@@ -736,8 +754,10 @@ class SharedCore(wiring.Component):
                 word = t.at(biased, D + offsets[g] - slots[k])
                 m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)
             # The neuron itself, D cycles after stage 0's read (what the unit takes of the record).
-            rec_t = t.input(Signal(unit_record.size, name=f"sw_unit{tag}_record"), 0)   # bits: Timeline delays signals
-            m.d.comb += rec_t.eq(Cat(stages[u][0].valid, stages[u][0].neuron, stages[u][0].layer, stages[u][0].fresh))
+            # From the last stage on (the stages carry it that far anyway).
+            last = stages[u][n_stages - 1]
+            rec_t = t.input(Signal(unit_record.size, name=f"sw_unit{tag}_record"), n_stages - 1)   # bits: Timeline delays signals
+            m.d.comb += rec_t.eq(Cat(last.valid, last.neuron, last.layer, last.fresh))
             rec_u = data.View(unit_record, t.at(rec_t, D))
             m.d.comb += [unit.i_valid.eq(rec_u.valid), unit.i_neuron.eq(rec_u.neuron), unit.i_layer.eq(rec_u.layer),
                          unit.i_fresh.eq(rec_u.fresh)]

@@ -268,3 +268,27 @@ def test_take_port_reads_and_clears_register_words(lane_kind):
     lane = (DSPMacLane if lane_kind == "dsp" else MacLane)(depth=depth, registers=registers)
     trace = simulate_model(lane, cycles, probe="take_data", also="sweep_rd_data", split=start)
     assert [trace[c] for c, _ in expected] == [v for _, v in expected]
+
+
+@pytest.mark.parametrize("lane_kind", ["dsp", "fabric"])
+@pytest.mark.parametrize("depth,registers,banks", [(16, 0, 1), (16, 3, 1), (18, 2, 2)])
+def test_raw_sweep_data_is_the_registered_data_a_cycle_earlier(lane_kind, depth, registers, banks):
+    # sweep_raw=True: the block RAM's output with a hit flag, a cycle before the registered
+    # (zeroed) word; masked by the hit it must be that word, every cycle.
+    from egru_accel.hw.mac_lane import MacLane
+    rng = np.random.default_rng(depth + registers)
+    cycles, _ = schedule(rng, depth, 8, 4)
+    make = (lambda **kw: DSPMacLane(weight_bits=8, max_align=4, **kw)) if lane_kind == "dsp" else \
+        (lambda **kw: MacLane(weight_bits=8, max_align=4, **kw))
+    kw = dict(depth=depth, registers=registers, banks=banks, sweep_registers=lane_kind == "fabric")
+    registered = simulate_model(make(**kw), cycles)
+    raw_lane = make(**kw, sweep_raw=True)
+    raw = simulate_model(raw_lane, cycles)
+    hit = simulate_model(raw_lane, cycles, probe="sweep_rd_hit")
+    assert sum(hit) >= depth
+    assert [d if h else 0 for d, h in zip(raw, hit)][:-1] == registered[1:]
+
+
+def test_sweep_raw_is_checked():
+    with pytest.raises(TypeError, match=r"^sweep_raw must be True or False, not 1$"):
+        DSPMacLane(depth=8, sweep_raw=1)
