@@ -47,6 +47,8 @@ class DSPMacLane(wiring.Component):
     entries, both ways, on the block RAM's addresses. The last ``registers`` addresses are
     flip-flops, as in MacLane: entries and sweep accesses on them use no block-RAM port; with
     ``banks=2``, an entry in one bank and a sweep access in the other use different block RAMs.
+    ``take_raw=True`` (one register word, ``sweep_registers=False``): ``take_data`` is the word
+    itself in the take's cycle (cleared at its end), for a core that registers it.
     ``sweep_raw=True``: ``sweep_rd_data`` is the block RAM's output one cycle after the
     address (not zeroed), with ``sweep_rd_hit`` set when a read was issued the cycle before.
     ``sweep_registers=False``: the sweep port addresses block-RAM words only (the register
@@ -61,7 +63,7 @@ class DSPMacLane(wiring.Component):
 
     def __init__(self, *, depth: int, weight_bits: int = 8, max_align: int = 8, dsp: str = "model",
                  registers: int = 0, banks: int = 1, sweep_registers: bool = True, register_words: int | None = None,
-                 sweep_raw: bool = False):
+                 sweep_raw: bool = False, take_raw: bool = False):
         with checked_construction(self):
             check_lane_arguments(depth=depth, weight_bits=weight_bits, max_align=max_align,
                                  operand_bits=16, operand="the 16-bit DSP operand", registers=registers,
@@ -70,6 +72,13 @@ class DSPMacLane(wiring.Component):
             self.registers, self.banks, self.sweep_registers = registers, banks, sweep_registers
             self.register_words = register_words
             self.sweep_raw = sweep_raw
+            if not isinstance(take_raw, bool):
+                raise TypeError(f"take_raw must be True or False, not {take_raw!r}")
+            words = registers if register_words is None else register_words
+            if take_raw and (words != 1 or sweep_registers):
+                raise ValueError(f"take_raw needs one register word and sweep_registers=False, not {words} "
+                                 f"and {sweep_registers}")
+            self.take_raw = take_raw
             self.depth, self.weight_bits, self.max_align = depth, weight_bits, max_align
             if dsp not in DSP_KINDS:
                 raise ValueError(f"dsp must be one of {', '.join(DSP_KINDS)}, not {dsp!r}")
@@ -118,7 +127,8 @@ class DSPMacLane(wiring.Component):
         # and 28 LUT each on the iCE40).
         regs = RegisterAccumulators(m, depth=self.depth, registers=self.registers, shape=acc, addr_shape=addr_shape,
                                     banks=self.banks, sweep_registers=self.sweep_registers, late_sweep_write=True,
-                                    register_words=self.register_words, shared_take=True, sweep_raw=self.sweep_raw)
+                                    register_words=self.register_words, shared_take=True, sweep_raw=self.sweep_raw,
+                                    take_raw=self.take_raw)
 
         operand = Signal(signed(16))
         m.d.comb += operand.eq(self.i_weight << self.i_align)

@@ -111,8 +111,13 @@ class RegisterAccumulators:
 
     def __init__(self, m: Module, *, depth: int, registers: int, shape, addr_shape, banks: int = 1,
                  sweep_registers: bool = True, late_sweep_write: bool = False, register_words: int | None = None,
-                 shared_take: bool = False, sweep_raw: bool = False):
+                 shared_take: bool = False, sweep_raw: bool = False, take_raw: bool = False):
         self.m, self.shape = m, shape
+        # True (one register word, shared_take): ``take_data`` is the word itself in the cycle
+        # of the take (cleared at its end), for a caller that registers two lanes' words in one
+        # LUT each; an entry reads the word straight from its flip-flops a cycle after the
+        # address (the write it may then see is the one forwarding would give it anyway).
+        self.take_raw = take_raw
         # True: ``sweep_data`` is the block RAM's output (one cycle after the read, not zeroed)
         # and ``sweep_hit`` says a read was issued the cycle before: the caller's register can
         # then AND-OR two lanes' words in one LUT per bit, where a zeroing register of its own
@@ -237,6 +242,14 @@ class RegisterAccumulators:
             sweep += self.sweep_data.eq(sweep_word(s_ram))
             return entry_data
         e_reg, e_is_reg = Signal(self.shape), Signal()
+        if self.take_raw:
+            own = self._hits(entry_addr) if entry_hits is None else entry_hits
+            e_hit = Signal(name="reg_hit_a")
+            m.d.sync += [e_hit.eq(own[0]), e_is_reg.eq(self.is_register(entry_addr))]
+            m.d.comb += [self.take_data.eq(self.words[0]),
+                         entry_data.eq(Mux(e_hit, self.words[0], Mux(e_is_reg, 0, e_ram)))]
+            sweep += self.sweep_data.eq(sweep_word(s_ram))     # take_raw: no sweep on register words
+            return entry_data
         if self.shared_take:
             # One word select for the entries and the take port: a take and an entry on a
             # register word never come in one cycle (the caller's promise; the readout's rows

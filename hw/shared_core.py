@@ -259,8 +259,10 @@ class SharedCore(wiring.Component):
         if kind == "fabric":
             return MacLane(acc_bits=ACC_BITS, weight_bits=lay.formats.weight_bits, value_bits=VALUE_BITS,
                            max_align=lay.max_align, **words)
+        # A lane of one output word gives it raw (the word in the take's cycle): the core
+        # registers two such lanes' words in one LUT per bit.
         return DSPMacLane(weight_bits=lay.formats.weight_bits, max_align=lay.max_align,
-                          dsp="model" if kind == "dsp_model" else "sb_mac16", **words)
+                          dsp="model" if kind == "dsp_model" else "sb_mac16", take_raw=mine == 1, **words)
 
     def elaborate(self, platform):
         m = Module()
@@ -645,9 +647,19 @@ class SharedCore(wiring.Component):
         if engine is None:
             # One lane takes per cycle, and the others' take_data is 0. Their data comes a cycle
             # after the issue (mac_lane.TAKE_LATENCY), the OR, registered, in 2.
+            # Lanes with a raw take (one word each) give the word in the take's cycle: two of
+            # them registered as one AND-OR, in the cycle the others register theirs.
             word = Const(0, signed(ACC_BITS))
-            for lane in lanes:
+            raw = [p for p, lane in enumerate(lanes) if getattr(lane, "take_raw", False)]
+            for lane in (lane for p, lane in enumerate(lanes) if p not in raw):
                 word = word | lane.take_data
+            for j in range(0, len(raw), 2):
+                pair = Signal(signed(ACC_BITS), name=f"out_take_pair{j // 2}")
+                hits = Const(0, signed(ACC_BITS))
+                for p in raw[j:j + 2]:
+                    hits = hits | Mux(out_take[p], lanes[p].take_data, 0)
+                m.d.sync += pair.eq(hits)
+                word = word | pair
             m.d.sync += out_acc.eq(word)
         else:
             m.d.comb += [out_acc.eq(engine.take_data), engine.take_en.eq(out_issue), engine.take_index.eq(out_o)]

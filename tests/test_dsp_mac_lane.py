@@ -292,3 +292,31 @@ def test_raw_sweep_data_is_the_registered_data_a_cycle_earlier(lane_kind, depth,
 def test_sweep_raw_is_checked():
     with pytest.raises(TypeError, match=r"^sweep_raw must be True or False, not 1$"):
         DSPMacLane(depth=8, sweep_raw=1)
+
+
+def test_raw_take_is_the_word_in_the_take_cycle():
+    # take_raw=True: take_data is the register word in the cycle of take_en (the registered
+    # port's word a cycle later); entries on the word and the sweep's reads as before.
+    depth, registers = 12, 1
+    cycles, expected, start = take_schedule(np.random.default_rng(4), depth, registers)
+    lane = DSPMacLane(depth=depth, registers=registers, sweep_registers=False, take_raw=True)
+    trace = simulate_model(lane, cycles, probe="take_data", also="sweep_rd_data", split=start)
+    takes = [(c, v) for c, v in expected if c < start]
+    assert len(takes) == 1 and takes[0][1] != 0
+    assert [trace[c - TAKE_LATENCY] for c, _ in takes] == [v for _, v in takes]
+    # The sweep reads block-RAM words only (sweep_registers=False): addresses below the word.
+    reads = [(c, v) for c, v in expected if start <= c < start + 2 + depth - registers]
+    assert len(reads) == depth - registers
+    assert [trace[c] for c, _ in reads] == [v for _, v in reads]
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(take_raw=1), TypeError, "take_raw must be True or False, not 1"),
+    (dict(registers=2, take_raw=True, sweep_registers=False), ValueError,
+     "take_raw needs one register word and sweep_registers=False, not 2 and False"),
+    (dict(registers=1, take_raw=True), ValueError,
+     "take_raw needs one register word and sweep_registers=False, not 1 and True"),
+])
+def test_take_raw_is_checked(kwargs, error, message):
+    with pytest.raises(error, match="^" + re.escape(message) + "$"):
+        DSPMacLane(depth=8, **kwargs)
