@@ -48,7 +48,10 @@ class DSPMacLane(wiring.Component):
     flip-flops, as in MacLane: entries and sweep accesses on them use no block-RAM port; with
     ``banks=2``, an entry in one bank and a sweep access in the other use different block RAMs.
     ``take_raw=True`` (one register word, ``sweep_registers=False``): ``take_data`` is the word
-    itself in the take's cycle (cleared at its end), for a core that registers it.
+    itself in the take's cycle (cleared at its end), for a core that registers it; an entry on
+    the word reads it straight from its flip-flops, three cycles after its ``i_*`` (where the
+    select register would hold it), and what it may see newer there is the write that
+    forwarding gives it anyway.
     ``sweep_raw=True``: ``sweep_rd_data`` is the block RAM's output one cycle after the
     address (not zeroed), with ``sweep_rd_hit`` set when a read was issued the cycle before.
     ``sweep_registers=False``: the sweep port addresses block-RAM words only (the register
