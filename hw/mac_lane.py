@@ -241,7 +241,7 @@ class RegisterAccumulators:
             m.d.comb += entry_data.eq(e_ram)
             sweep += self.sweep_data.eq(sweep_word(s_ram))
             return entry_data
-        e_reg, e_is_reg = Signal(self.shape), Signal()
+        e_is_reg = Signal()
         if self.take_raw:
             own = self._hits(entry_addr) if entry_hits is None else entry_hits
             e_hit = Signal(name="reg_hit_a")
@@ -250,6 +250,7 @@ class RegisterAccumulators:
                          entry_data.eq(Mux(e_hit, self.words[0], Mux(e_is_reg, 0, e_ram)))]
             sweep += self.sweep_data.eq(sweep_word(s_ram))     # take_raw: no sweep on register words
             return entry_data
+        e_reg = Signal(self.shape)
         if self.shared_take:
             # One word select for the entries and the take port: a take and an entry on a
             # register word never come in one cycle (the caller's promise; the readout's rows

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -153,6 +153,20 @@ def sweep_slots(offsets: dict, lanes: int, units: int, spacing: int) -> tuple[in
     for k in sorted(range(4), key=lambda k: (offsets[ACC_KINDS[k]], k)):
         slots[k] = last = max(last + 1, offsets[ACC_KINDS[k]] - low)
     return tuple(slots) if max(slots) < spacing * (lanes // units) else plain
+
+
+def _registered_pairs(m: Module, name: str, words) -> Value:
+    """The OR of ``words`` (``(hit, word)``, at most one hit set), registered two at a time as
+    one AND-OR each (one LUT per bit, in its flip-flop's logic cell), the pairs ORed after."""
+    out = Const(0, signed(ACC_BITS))
+    for j in range(0, len(words), 2):
+        pair = Signal(signed(ACC_BITS), name=f"{name}_pair{j // 2}")
+        hits = Const(0, signed(ACC_BITS))
+        for hit, word in words[j:j + 2]:
+            hits = hits | Mux(hit, word, 0)
+        m.d.sync += pair.eq(hits)
+        out = out | pair
+    return out
 
 
 def sweep_classes(lanes: int, units: int, spacing: int, slots=(0, 1, 2, 3)) -> list[list[int]]:
@@ -653,13 +667,7 @@ class SharedCore(wiring.Component):
             raw = [p for p, lane in enumerate(lanes) if getattr(lane, "take_raw", False)]
             for lane in (lane for p, lane in enumerate(lanes) if p not in raw):
                 word = word | lane.take_data
-            for j in range(0, len(raw), 2):
-                pair = Signal(signed(ACC_BITS), name=f"out_take_pair{j // 2}")
-                hits = Const(0, signed(ACC_BITS))
-                for p in raw[j:j + 2]:
-                    hits = hits | Mux(out_take[p], lanes[p].take_data, 0)
-                m.d.sync += pair.eq(hits)
-                word = word | pair
+            word = word | _registered_pairs(m, "out_take", [(out_take[p], lanes[p].take_data) for p in raw])
             m.d.sync += out_acc.eq(word)
         else:
             m.d.comb += [out_acc.eq(engine.take_data), engine.take_en.eq(out_issue), engine.take_index.eq(out_o)]
@@ -708,21 +716,13 @@ class SharedCore(wiring.Component):
         # A lane's word is 0 unless the sweep read it, so the lanes of a class (never read in
         # one cycle) share a bus, an OR; a unit's gate picks the class of its neuron's lane.
         classes = sweep_classes(P, U, sp, slots)
-        # The lanes' words come raw, a cycle after their read, with a hit flag: each pair of a
-        # class is registered as one AND-OR (one LUT per bit, sharing a logic cell with its
-        # flip-flop), the pairs ORed after.
+        # The lanes' words come raw, a cycle after their read, with a hit flag: registered in
+        # pairs (_registered_pairs).
         buses = []
         for c, members in enumerate(classes):
             bus = Signal(signed(ACC_BITS), name=f"sw_bus{c}")
-            word = Const(0, signed(ACC_BITS))
-            for j in range(0, len(members), 2):
-                pair = Signal(signed(ACC_BITS), name=f"sw_bus{c}_pair{j // 2}")
-                hits = Const(0, signed(ACC_BITS))
-                for p in members[j:j + 2]:
-                    hits = hits | Mux(lanes[p].sweep_rd_hit, lanes[p].sweep_rd_data, 0)
-                m.d.sync += pair.eq(hits)
-                word = word | pair
-            m.d.comb += bus.eq(word)
+            m.d.comb += bus.eq(_registered_pairs(m, f"sw_bus{c}",
+                                                 [(lanes[p].sweep_rd_hit, lanes[p].sweep_rd_data) for p in members]))
             buses.append(bus)
         class_of = {p: c for c, members in enumerate(classes) for p in members}
         for u, unit in enumerate(units):
