@@ -14,7 +14,9 @@ Pipeline (cycle t = the entry on ``i_*``)::
 
 A read issued at t+2 sees the writes up to t+1, so only the two entries just ahead can be
 missing from it. The one right ahead is on O itself, and the one before that is on ``a3_prev``.
-That makes a 3:1 mux in front of C:D, fed by registers and the block RAM's output.
+That makes a 3:1 mux in front of C:D, fed by registers and the block RAM's output. A lane with
+``take_raw`` registers O of the cycle before in the register it reads its register word into
+(``reg_word_a``, one LUT per bit), so that its C:D is a 2:1 mux of O and a 2:1 mux.
 
 ``dsp="sb_mac16"`` instantiates the primitive (for iCE40 builds, synthesised without
 ``-dsp``, whose pass rewrites SB_MAC16 instances). ``dsp="model"`` is the same pipeline in
@@ -152,18 +154,28 @@ class DSPMacLane(wiring.Component):
                      a3_valid.eq(a2_valid), a3_addr.eq(a2_addr)]
         # The entry's read is issued at a1: its data (block RAM or register) is there at a2.
         take_registers(regs, self)          # shares the entries' word select: before read()
+        # Forwarding, decided a cycle ahead: the entry now at a1 against the one at a2 (it will
+        # be on O) and the one at a3 (on O now; registered, it is O of the cycle before).
+        fwd1_next = a2_valid & (a2_addr == a1_addr)
+        fwd2_next = a3_valid & (a3_addr == a1_addr)
+        a2_fwd1 = Signal()
+        m.d.sync += a2_fwd1.eq(fwd1_next)
         # The register words' hits compared at a0, so that the select at a1 (shared with the
         # take) is one LUT after flip-flops.
-        entry_data = regs.read(a1_addr, self.sweep_rd_en, self.sweep_rd_addr, entry_hits=regs.hits_ahead(a0_addr))
-
-        # Forwarding, decided a cycle ahead: the entry now at a1 against the one at a2 (it will
-        # be on O) and the one at a3 (it will be on a3_prev).
-        a2_fwd1, a2_fwd2 = Signal(), Signal()
-        m.d.sync += [a2_fwd1.eq(a2_valid & (a2_addr == a1_addr)),
-                     a2_fwd2.eq(a3_valid & (a3_addr == a1_addr))]
-        a3_prev = Signal(signed(32))      # O of the cycle before
-        m.d.sync += a3_prev.eq(o)
-        m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, entry_data)))
+        hits = regs.hits_ahead(a0_addr)
+        if self.take_raw:
+            # O of the cycle before registered with the register word (one LUT per bit, in the
+            # flip-flop's cell, where a register of its own would have none).
+            entry_data = regs.read(a1_addr, self.sweep_rd_en, self.sweep_rd_addr, entry_hits=hits,
+                                   forward=(fwd2_next, o))
+            m.d.comb += cd.eq(Mux(a2_fwd1, o, entry_data))
+        else:
+            entry_data = regs.read(a1_addr, self.sweep_rd_en, self.sweep_rd_addr, entry_hits=hits)
+            a2_fwd2 = Signal()
+            m.d.sync += a2_fwd2.eq(fwd2_next)
+            a3_prev = Signal(signed(32))      # O of the cycle before
+            m.d.sync += a3_prev.eq(o)
+            m.d.comb += cd.eq(Mux(a2_fwd1, o, Mux(a2_fwd2, a3_prev, entry_data)))
 
         regs.write(a3_valid, a3_addr, o, self.sweep_wr_en, self.sweep_wr_addr, self.sweep_wr_data,
                    entry_hits=regs.hits_ahead(a2_addr))

@@ -215,12 +215,15 @@ class RegisterAccumulators:
         self.m.d.sync += [h.eq(a) for h, a in zip(hits, self._hits(addr))]
         return hits
 
-    def read(self, entry_addr, sweep_en, sweep_addr, entry_hits=None):
+    def read(self, entry_addr, sweep_en, sweep_addr, entry_hits=None, forward=None):
         """Issue an entry's read and the sweep's: the entry's data one cycle later (returned),
         the sweep's two cycles later on ``sweep_data``. A sweep read of a block RAM takes its
         port from an entry in the same bank (the caller keeps them apart). ``entry_hits``:
         :meth:`hits_ahead` of the entry's address a cycle before (the word select is then one
-        LUT deep after flip-flops, not behind the address compares)."""
+        LUT deep after flip-flops, not behind the address compares). ``forward``
+        (``take_raw`` only): ``(hit, value)`` in the cycle of the read; where ``hit``, the
+        entry's data is ``value`` instead of the word read (the caller's forwarding of a sum
+        not yet written), registered with the register word in one LUT per bit."""
         m = self.m
         for b, rd in enumerate(self.rds):
             here = self._in_bank(sweep_en, sweep_addr, b)
@@ -243,13 +246,21 @@ class RegisterAccumulators:
             return entry_data
         e_is_reg = Signal()
         if self.take_raw:
+            # The register word (or the forwarded value) is registered in the cycle of the read,
+            # as the block RAM registers its word: one LUT per bit in the flip-flop's cell, and
+            # the entry's data a 2:1 mux. A write of the word at the end of that cycle is an
+            # entry's, which the caller forwards; a take does not come then (the caller's promise).
             own = self._hits(entry_addr) if entry_hits is None else entry_hits
-            e_hit = Signal(name="reg_hit_a")
-            m.d.sync += [e_hit.eq(own[0]), e_is_reg.eq(self.is_register(entry_addr))]
-            m.d.comb += [self.take_data.eq(self.words[0]),
-                         entry_data.eq(Mux(e_hit, self.words[0], Mux(e_is_reg, 0, e_ram)))]
+            fwd_hit, fwd_value = forward if forward is not None else (Const(0), Const(0, self.shape))
+            e_word = Signal(self.shape, name="reg_word_a")
+            use_ram = Signal(name="use_ram_a")
+            m.d.sync += [e_word.eq(Mux(fwd_hit, fwd_value, Mux(own[0], self.words[0], 0))),
+                         use_ram.eq(~fwd_hit & ~self.is_register(entry_addr))]
+            m.d.comb += [self.take_data.eq(self.words[0]), entry_data.eq(Mux(use_ram, e_ram, e_word))]
             sweep += self.sweep_data.eq(sweep_word(s_ram))     # take_raw: no sweep on register words
             return entry_data
+        if forward is not None:
+            raise ValueError("forward is for take_raw accumulators")
         e_reg = Signal(self.shape)
         if self.shared_take:
             # One word select for the entries and the take port: a take and an entry on a

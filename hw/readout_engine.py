@@ -11,8 +11,10 @@ t + c)::
 
     t + c      weight word (n * chunks + c) read
     t + c + 1  the block RAM's data; chunk and value registered
-    t + c + 2  products registered (one multiplier each)
-    t + c + 3  in outputs c * macs ... c * macs + macs - 1 (added at the end of t + c + 2)
+    t + c + 2  the data registered (a block RAM's output is slow: on ECP5 it straight into a
+               multiplier made the engine the core's worst path, 68 MHz at P = 16)
+    t + c + 3  products registered (one multiplier each)
+    t + c + 4  in outputs c * macs ... c * macs + macs - 1 (added at the end of t + c + 3)
 
 Each accumulator is a register, written by its own chunk only, so no event waits for another.
 ``take_*`` reads output ``index`` (data two cycles later on ``take_data``) and clears it.
@@ -103,19 +105,20 @@ class ReadoutEngine(wiring.Component):
                 m.d.sync += chunk.eq(chunk + 1)
         m.d.comb += [rd.addr.eq(base + chunk), rd.en.eq(1)]
 
-        # r1: data and value registered; r2: products; r3: add.
-        r1_valid, r2_valid = Signal(), Signal()
-        r0_chunk, r1_chunk, r2_chunk = (Signal(range(max(2, C)), name=f"r{k}_chunk") for k in range(3))
-        r0_value, r1_value = Signal(signed(self.value_bits)), Signal(signed(self.value_bits))
+        # r1: the block RAM's data, value registered; r2: the data registered; r3: products; r4: add.
+        r1_valid, r2_valid, r3_valid = Signal(), Signal(), Signal()
+        r0_chunk, r1_chunk, r2_chunk, r3_chunk = (Signal(range(max(2, C)), name=f"r{k}_chunk") for k in range(4))
+        r0_value, r1_value, r2_value = (Signal(signed(self.value_bits), name=f"r{k}_value") for k in range(3))
         r0_valid = Signal()
         m.d.comb += [r0_valid.eq(busy_issue), r0_chunk.eq(chunk), r0_value.eq(value)]
-        r1_word = Signal(R * W)
-        m.d.sync += [r1_valid.eq(r0_valid), r1_chunk.eq(r0_chunk), r1_value.eq(r0_value)]
-        m.d.comb += r1_word.eq(rd.data)            # the block RAM's output, in the cycle after its address
-        products = [Signal(signed(W + self.value_bits), name=f"r2_product{r}") for r in range(R)]
+        r2_word = Signal(R * W)
+        m.d.sync += [r1_valid.eq(r0_valid), r1_chunk.eq(r0_chunk), r1_value.eq(r0_value),
+                     r2_valid.eq(r1_valid), r2_chunk.eq(r1_chunk), r2_value.eq(r1_value),
+                     r2_word.eq(rd.data)]        # the block RAM's output, in the cycle after its address
+        products = [Signal(signed(W + self.value_bits), name=f"r3_product{r}") for r in range(R)]
         for r, p in enumerate(products):
-            m.d.sync += p.eq(r1_word[r * W:(r + 1) * W].as_signed() * r1_value)
-        m.d.sync += [r2_valid.eq(r1_valid), r2_chunk.eq(r1_chunk)]
+            m.d.sync += p.eq(r2_word[r * W:(r + 1) * W].as_signed() * r2_value)
+        m.d.sync += [r3_valid.eq(r2_valid), r3_chunk.eq(r2_chunk)]
 
         accs = [Signal(signed(ACC_BITS), name=f"acc{o}") for o in range(O)]
         take1 = Signal(signed(ACC_BITS))
@@ -125,9 +128,9 @@ class ReadoutEngine(wiring.Component):
         m.d.sync += [take1.eq(sel), self.take_data.eq(take1)]
         for o, acc in enumerate(accs):
             c, r = divmod(o, R)
-            with m.If(r2_valid & (r2_chunk == c)):
+            with m.If(r3_valid & (r3_chunk == c)):
                 m.d.sync += acc.eq(acc + products[r])
             with m.Elif(self.take_en & (self.take_index == o)):
                 m.d.sync += acc.eq(0)
-        m.d.comb += self.busy.eq(busy_issue | r1_valid | r2_valid)
+        m.d.comb += self.busy.eq(busy_issue | r1_valid | r2_valid | r3_valid)
         return m

@@ -47,7 +47,8 @@ def shared_core(args):
     ice40 = args.family == "ice40"
     config = SharedCoreConfig(lane="sb_mac16" if ice40 else "fabric", multipliers="logic" if ice40 else "dsp",
                               banks=args.banks, units=args.units, weight_memory=args.weight_memory,
-                              weight_ram=args.weight_ram, model_at_reset=not args.empty)
+                              weight_ram=args.weight_ram, model_at_reset=not args.empty,
+                              readout=args.readout, readout_macs=args.readout_macs)
     return SharedCore(image, config)
 
 
@@ -144,6 +145,9 @@ def main(argv=None):
     ap.add_argument("--lanes", type=int, default=8, help="shared_core: lanes")
     ap.add_argument("--banks", type=int, default=1, choices=(1, 2), help="shared_core: accumulator banks")
     ap.add_argument("--units", type=int, default=1, help="shared_core: update units")
+    ap.add_argument("--readout", default="lanes", choices=("lanes", "engine"),
+                    help="shared_core: the readout on the lanes, or on an engine of its own")
+    ap.add_argument("--readout-macs", type=int, default=4, help="shared_core: the readout engine's multipliers")
     ap.add_argument("--structure", choices=PACKINGS, default="unstructured",
                     help="shared_core: how the weights are packed (pack_shared_rows)")
     ap.add_argument("--weight-memory", choices=WEIGHT_MEMORIES, default="lanes",
@@ -169,6 +173,7 @@ def main(argv=None):
     result = {"unit": args.unit, "family": args.family, "target_mhz": args.freq, "seeds": []}
     if args.unit == "shared_core":
         result.update(model=args.model, lanes=args.lanes, banks=args.banks, units=args.units,
+                      readout=args.readout, readout_macs=args.readout_macs,
                       structure=args.structure, weight_memory=args.weight_memory, weight_ram=args.weight_ram,
                       model_at_reset=not args.empty)
     with tempfile.TemporaryDirectory(dir=".") as tmp:
