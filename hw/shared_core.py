@@ -81,6 +81,10 @@ class SharedCoreConfig:
         model_at_reset: The memories start with the image's model (the bitstream holds it).
             ``False``: they start empty and the model comes through the ``load`` port (the
             readout engine's weights are not loadable yet, so it needs ``True``).
+        register_bias: Register the bias memories' outputs before the sweep's adds (ECP5, whose
+            block RAM's output is slow). ``False``: the block RAM's own output register meets
+            the lane's word in the add (the iCE40, where a register of its own would have no
+            LUT to share a logic cell with).
         debug: Add the ``dbg`` port (every neuron update, for testbenches; one per unit).
     """
     lane: str = "fabric"
@@ -92,6 +96,7 @@ class SharedCoreConfig:
     weight_memory: str = "lanes"
     weight_ram: str = "inferred"
     model_at_reset: bool = True
+    register_bias: bool = False
     debug: bool = False
 
     def __post_init__(self):
@@ -111,8 +116,9 @@ class SharedCoreConfig:
         check_weight_ram(self.weight_ram, self.model_at_reset)
         if self.readout == "engine" and not self.model_at_reset:
             raise ValueError("readout='engine' needs model_at_reset=True: the engine's weights are not loadable")
-        if not isinstance(self.debug, bool):
-            raise TypeError(f"debug must be True or False, not {self.debug!r}")
+        for name in ("register_bias", "debug"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
 
 
 class StatusSignature(wiring.Signature):
@@ -737,8 +743,10 @@ class SharedCore(wiring.Component):
                 # Cycle numbers relative to this gate's stage (cycle 0; the lane reads in 1, its
                 # word is on the bus in 3). The bias is read in cycle 3, from the record three
                 # stages on: the block RAM's output register meets the lane's word in 4 (a
-                # register of its own would have no LUT to share a logic cell with).
-                rd_at = slots[k] + 3
+                # register of its own would have no LUT to share a logic cell with); with
+                # register_bias in cycle 2, and registered.
+                reg_bias = self.config.register_bias
+                rd_at = slots[k] + 3 - reg_bias
                 if rd_at < n_stages:
                     bias_neuron = stages[u][rd_at].neuron
                 else:
@@ -748,7 +756,7 @@ class SharedCore(wiring.Component):
                         m.d.sync += delayed.eq(bias_neuron)
                         bias_neuron = delayed
                 m.d.comb += [rd.addr.eq(bias_neuron), rd.en.eq(1)]
-                bias = t.input(rd.data, 4)
+                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 4) if reg_bias else t.input(rd.data, 4)
                 if len(reach) == 1:
                     data_k = buses[reach[0]]
                 else:
@@ -805,8 +813,10 @@ class SharedCore(wiring.Component):
                 queues.append(q)
                 flights.append(flight)
             # Room for what is in flight, for the group about to issue and for the one whose
-            # record is being registered.
-            m.d.comb += sw_room.eq(Cat(q.level + f + 2 * U <= depth for q, f in zip(queues, flights)).all())
+            # record is being registered; decided a cycle ahead (a register, not an add and a
+            # compare in front of the issue), so with room for one more, since a queue's level
+            # plus its flight grows by at most one a cycle.
+            m.d.sync += sw_room.eq(Cat(q.level + f + 2 * U + 1 <= depth for q, f in zip(queues, flights)).all())
             pick = Signal(range(max(2, U)))
             chosen = Const(0)
             for u in reversed(range(U)):
