@@ -81,6 +81,9 @@ class SharedCoreConfig:
         model_at_reset: The memories start with the image's model (the bitstream holds it).
             ``False``: they start empty and the model comes through the ``load`` port (the
             readout engine's weights are not loadable yet, so it needs ``True``).
+        sweep_address_stages: Registers between the sweep's records and a lane's sweep address:
+            1, or 2 (ECP5 at P = 16, where one register per lane, between the records and a
+            lane's memory, is far from one or the other; a cycle more of sweep latency).
         register_bias: Register the bias memories' outputs before the sweep's adds (ECP5, whose
             block RAM's output is slow). ``False``: the block RAM's own output register meets
             the lane's word in the add (the iCE40, where a register of its own would have no
@@ -96,6 +99,7 @@ class SharedCoreConfig:
     weight_memory: str = "lanes"
     weight_ram: str = "inferred"
     model_at_reset: bool = True
+    sweep_address_stages: int = 1
     register_bias: bool = False
     debug: bool = False
 
@@ -116,6 +120,8 @@ class SharedCoreConfig:
         check_weight_ram(self.weight_ram, self.model_at_reset)
         if self.readout == "engine" and not self.model_at_reset:
             raise ValueError("readout='engine' needs model_at_reset=True: the engine's weights are not loadable")
+        if self.sweep_address_stages not in (1, 2) or isinstance(self.sweep_address_stages, bool):
+            raise ValueError(f"sweep_address_stages must be 1 or 2, not {self.sweep_address_stages!r}")
         for name in ("register_bias", "debug"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
@@ -569,12 +575,13 @@ class SharedCore(wiring.Component):
         # -- drain: wait for the dispatcher and the lanes ------------------------------------------------
         # An entry on the lanes' inputs in cycle t is readable from t + lane_latency; the
         # dispatcher is idle from t + 1, and drained() acts ``k`` idle cycles later. The sweep
-        # reads three cycles after that (state, its first record, the lane's registered address),
-        # the outputs two (the issue is a register).
+        # reads three cycles after that (state, its first record, the lane's registered address;
+        # four with a second address stage), the outputs two (the issue is a register).
         drain = Signal(range(lane_latency + 4))
         # idle_dispatch is registered (a cycle late; it never falls again in the states that
         # wait for it, since nothing enters then), so each drain counts one idle cycle less.
-        sweep_drain, out_drain = max(0, lane_latency - 5), max(0, lane_latency - 4)
+        x = self.config.sweep_address_stages - 1      # cycles more between a stage and its lane's read
+        sweep_drain, out_drain = max(0, lane_latency - 5 - x), max(0, lane_latency - 4)
 
         # -- sw_: the sweep: a group of U neurons every ``sp`` cycles, unit u the u-th of each --------
         sp = self.spacing
@@ -713,12 +720,18 @@ class SharedCore(wiring.Component):
             wr_en_r = Signal(name=f"lane{p}_sweep_wr_en")
             addr_r = Signal.like(addr, name=f"lane{p}_sweep_addr_r")
             m.d.sync += [rd_en_r.eq(en & ~clr_active), wr_en_r.eq(en), addr_r.eq(addr)]
+            # sweep_address_stages=2: a copy of each, whose only fan-in lets it sit by the lane.
+            for c in range(1, self.config.sweep_address_stages):
+                copies = (Signal(name=f"lane{p}_sweep_rd_en_s{c}"), Signal(name=f"lane{p}_sweep_wr_en_s{c}"),
+                          Signal.like(addr, name=f"lane{p}_sweep_addr_s{c}"))
+                m.d.sync += [copy.eq(v) for copy, v in zip(copies, (rd_en_r, wr_en_r, addr_r))]
+                rd_en_r, wr_en_r, addr_r = copies
             m.d.comb += [lane.sweep_rd_en.eq(rd_en_r), lane.sweep_rd_addr.eq(addr_r),
                          lane.sweep_wr_en.eq(wr_en_r), lane.sweep_wr_addr.eq(addr_r), lane.sweep_wr_data.eq(0)]
 
         # -- the gate words: lane data (cycle 3 after the stage), + bias, delayed to the unit's offsets -----
         t = Timeline(m)
-        D = max(slots[k] + 5 - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
+        D = max(slots[k] + 5 + x - offsets[g] for k, g in enumerate(ACC_KINDS))   # unit input = issue + D
         # A lane's word is 0 unless the sweep read it, so the lanes of a class (never read in
         # one cycle) share a bus, an OR; a unit's gate picks the class of its neuron's lane.
         classes = sweep_classes(P, U, sp, slots)
@@ -741,12 +754,13 @@ class SharedCore(wiring.Component):
                 st = stages[u][slots[k]]
                 rd = inits[u][k]
                 # Cycle numbers relative to this gate's stage (cycle 0; the lane reads in 1, its
-                # word is on the bus in 3). The bias is read in cycle 3, from the record three
-                # stages on: the block RAM's output register meets the lane's word in 4 (a
-                # register of its own would have no LUT to share a logic cell with); with
-                # register_bias in cycle 2, and registered.
+                # word is on the bus in 3; each a cycle later per extra sweep address stage, x).
+                # The bias is read in cycle 3, from the record three stages on: the block RAM's
+                # output register meets the lane's word in 4 (a register of its own would have
+                # no LUT to share a logic cell with); with register_bias in cycle 2, and
+                # registered.
                 reg_bias = self.config.register_bias
-                rd_at = slots[k] + 3 - reg_bias
+                rd_at = slots[k] + 3 + x - reg_bias
                 if rd_at < n_stages:
                     bias_neuron = stages[u][rd_at].neuron
                 else:
@@ -756,21 +770,21 @@ class SharedCore(wiring.Component):
                         m.d.sync += delayed.eq(bias_neuron)
                         bias_neuron = delayed
                 m.d.comb += [rd.addr.eq(bias_neuron), rd.en.eq(1)]
-                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 4) if reg_bias else t.input(rd.data, 4)
+                bias = t.reg(f"sw{k}{tag}_bias", rd.data, 4 + x) if reg_bias else t.input(rd.data, 4 + x)
                 if len(reach) == 1:
                     data_k = buses[reach[0]]
                 else:
                     cls = t.input(Signal(range(len(reach)), name=f"sw{k}{tag}_class"), 0)
                     m.d.comb += cls.eq(pick[st.lane])
-                    data_k = Array(buses[c] for c in reach)[t.at(cls, 3)]
-                acc = t.reg(f"sw{k}{tag}_acc", data_k, 4)
+                    data_k = Array(buses[c] for c in reach)[t.at(cls, 3 + x)]
+                acc = t.reg(f"sw{k}{tag}_acc", data_k, 4 + x)
                 # The bias is a mantissa: shifted by its layer's shift for this kind (the layer
                 # stays put while a sweep runs).
                 shifts = [lay.bias_shifts[l][k] for l in range(L)]
                 shifted = bias << shifts[0]
                 for l in range(1, L):
                     shifted = Mux(layer == l, bias << shifts[l], shifted)
-                biased = t.reg(f"sw{k}{tag}_biased", acc + shifted, 5, signed(ACC_BITS))
+                biased = t.reg(f"sw{k}{tag}_biased", acc + shifted, 5 + x, signed(ACC_BITS))
                 word = t.at(biased, D + offsets[g] - slots[k])
                 m.d.comb += getattr(unit, f"i_acc_{g}").eq(word)
             # The neuron itself, D cycles after stage 0's read (what the unit takes of the record).

@@ -48,7 +48,8 @@ def shared_core(args):
     config = SharedCoreConfig(lane="sb_mac16" if ice40 else "fabric", multipliers="logic" if ice40 else "dsp",
                               banks=args.banks, units=args.units, weight_memory=args.weight_memory,
                               weight_ram=args.weight_ram, model_at_reset=not args.empty,
-                              readout=args.readout, readout_macs=args.readout_macs, register_bias=not ice40)
+                              readout=args.readout, readout_macs=args.readout_macs, register_bias=not ice40,
+                              sweep_address_stages=1 if ice40 else 2)
     return SharedCore(image, config)
 
 

@@ -28,15 +28,18 @@ CASES = [
     (8, [17], "fabric", "dsp", False, "mixed", 2, 2, "engine"),
     (3, [9, 6], "dsp_model", "dsp", True, "random", 2, 1, "engine"),
     (4, [7], "fabric", "logic", False, "fire", 1, 1, "engine"),
-    (8, [17], "fabric", "dsp", False, "mixed", 2, 2, "engine", True),      # the ECP5 build's registered biases
+    # The ECP5 build's registered biases and sweep addresses.
+    (8, [17], "fabric", "dsp", False, "mixed", 2, 2, "engine", True, 2),
     (3, [9, 6], "dsp_model", "logic", False, "random", 1, 1, "lanes", True),
+    (5, [11, 7], "fabric", "dsp", True, "fire", 1, 1, "lanes", False, 2),
+    (4, [9, 5], "fabric", "dsp", False, "mixed", 2, 1, "engine", True, 2),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_shared_core_is_bit_exact_with_the_golden_model(case):
     lanes, hidden, lane, multipliers, dense, mode, banks, *extra = CASES[case]
-    units, readout, register_bias = (list(extra) + [1, "lanes", False][len(extra):])[:3]
+    units, readout, register_bias, address_stages = (list(extra) + [1, "lanes", False, 1][len(extra):])[:4]
     model = random_model(inputs=5, hidden=hidden, outputs=3, weight_sparsity=0.5, seed=10 + case,
                          threshold_mode=mode)
     # Three sequences: with two banks, each new sequence clears the bank the last one left rows in.
@@ -44,7 +47,8 @@ def test_shared_core_is_bit_exact_with_the_golden_model(case):
     image = pack_shared_rows(model, lanes, dense=dense)
     rec = run_shared_core(image, x, config=SharedCoreConfig(debug=True, lane=lane, multipliers=multipliers,
                                                             banks=banks, units=units, readout=readout,
-                                                            register_bias=register_bias),
+                                                            register_bias=register_bias,
+                                                            sweep_address_stages=address_stages),
                           stall_probability=0.2, seed=case)
     assert compare_with_golden(model, image, x, rec) == []
     fired = sum(u[2] for seq in rec.updates for step in seq for u in step)
@@ -101,6 +105,7 @@ def test_the_sparse_core_skips_what_the_dense_baseline_computes():
     (dict(multipliers="booth"), ValueError, "multipliers must be one of dsp, logic, not 'booth'"),
     (dict(debug=1), TypeError, "debug must be True or False, not 1"),
     (dict(register_bias="yes"), TypeError, "register_bias must be True or False, not 'yes'"),
+    (dict(sweep_address_stages=3), ValueError, "sweep_address_stages must be 1 or 2, not 3"),
     (dict(banks=3), ValueError, "banks must be 1 or 2, not 3"),
     (dict(units=0), ValueError, "units must be a positive integer, not 0"),
     (dict(readout="dsp"), ValueError, "readout must be one of lanes, engine, not 'dsp'"),
