@@ -40,6 +40,8 @@ def main(argv=None):
                     help="how the weights are packed (pack_shared_rows)")
     ap.add_argument("--weight-memory", default="lanes", choices=WEIGHT_MEMORIES,
                     help="one weight memory per lane, or one wide one (needs --structure lane-window)")
+    ap.add_argument("--sweep-address-stages", type=int, default=1, choices=(1, 2),
+                    help="registers between the sweep's records and a lane's sweep address (2: the ECP5 build)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     model = QuantModel.load(a.model)
@@ -50,7 +52,8 @@ def main(argv=None):
     t0 = time.time()
     rec = run_shared_core(image, x, config=SharedCoreConfig(debug=True, lane=a.lane, banks=a.banks, units=a.units,
                                                               readout=a.readout, readout_macs=a.readout_macs,
-                                                              weight_memory=a.weight_memory))
+                                                              weight_memory=a.weight_memory,
+                                                              sweep_address_stages=a.sweep_address_stages))
     wall = time.time() - t0
     diffs = compare_with_golden(model, image, x, rec)
     trace = golden.run(model, np.transpose(x, (1, 0, 2)))
@@ -60,7 +63,7 @@ def main(argv=None):
     cycles = np.array(rec.step_cycles, dtype=np.int64).T            # [T, S]
     out = {"model": a.model, "lanes": a.lanes, "lane": a.lane, "banks": a.banks, "units": a.units, "readout": a.readout,
            "readout_macs": a.readout_macs if a.readout == "engine" else None, "dense": a.dense, "sequences": a.sequences,
-           "structure": a.structure, "weight_memory": a.weight_memory,
+           "structure": a.structure, "weight_memory": a.weight_memory, "sweep_address_stages": a.sweep_address_stages,
            "steps": int(cycles.size), "mismatches": len(diffs), "first_mismatch": diffs[0] if diffs else None,
            "cycles_per_step_mean": float(cycles.mean()), "ideal_per_step_mean": float(ideal.mean()),
            "ratio_to_ideal": float(cycles.mean() / ideal.mean()),
