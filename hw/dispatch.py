@@ -93,10 +93,7 @@ class EventDispatcher(wiring.Component):
     per lane. ``"wide"``: one memory of window words
     (:attr:`~quantize.shared_rows.SharedRowLayout.window_word`) for all lanes, which stores the
     gate and the window once per address instead of once per lane; it needs an image packed
-    ``structure="lane-window"``. The lanes get the same entries in the same cycles either way,
-    except that with ``"lanes"`` an entry of weight 0 comes without ``valid`` (it adds nothing):
-    each lane's copy of the row then has an enable of its own, which keeps synthesis from
-    merging the copies into one register for every lane.
+    ``structure="lane-window"``. The lanes get the same entries in the same cycles either way.
     ``weight_ram``: :data:`~hw.config.WEIGHT_RAMS`; ``"ice40_spram"`` puts the weight memory
     in SB_SPRAM256KA blocks (:class:`~hw.spram.ICE40WeightRAM`). ``model_at_reset``: the row
     table and weight memories start with ``image`` (else empty; SPRAM always is).
@@ -227,48 +224,27 @@ class EventDispatcher(wiring.Component):
             m.d.sync += [w.eq(rd.data) for w, rd in zip(e2_words, weights)]
         # Per row: the accumulator region, and the alignment of each gate (constants per layer/kind).
         amap = self.address_map
-
-        def row_constants(row, tag=""):
-            base = Signal(range(amap.depth), name=f"e2_base{tag}")
-            aligns = [Signal(range(lay.max_align + 1), name=f"e2_align{k}{tag}") for k in range(3)]
-            readout = Signal(name=f"e2_readout{tag}")
-            m.d.comb += readout.eq(row.kind == KIND_READOUT)
-            with m.Switch(Cat(row.kind, row.layer)):
-                for l, spec in enumerate(lay.layers):
-                    for kind, al in ((KIND_INPUT, spec.input_align), (KIND_RECURRENT, spec.recurrent_align)):
-                        with m.Case(kind | (l << 2)):
-                            m.d.comb += [base.eq(lay.acc_base[l])] + [a.eq(v) for a, v in zip(aligns, al)]
-                with m.Default():
-                    m.d.comb += [base.eq(amap.register_base)] + [a.eq(0) for a in aligns]
-            return base, aligns, readout
-
-        if self.weight_memory == "lanes":
-            # A copy of the row and its valid per lane, loaded only for a non-zero weight (a zero
-            # weight's entry adds nothing, and the lane drops it): each copy has an enable of its
-            # own, so synthesis keeps one per lane, by the lane, and the row register itself
-            # drives 16 of them rather than every lane's address and alignment logic (on ECP5
-            # at P = 16 a 9 ns route).
-            lane_rows = []
-            for p, rd in enumerate(weights):
-                nonzero = data.View(entry_word.struct_layout(), rd.data).value != 0
-                row_p, valid_p = Signal(rec, name=f"e2_row{p}"), Signal(name=f"e2_valid{p}")
-                with m.If(nonzero):
-                    m.d.sync += row_p.eq(e1_row)
-                m.d.sync += valid_p.eq(e1_valid & nonzero)
-                lane_rows.append((row_p, valid_p, row_constants(row_p, f"_l{p}")))
-        else:
-            shared = row_constants(e2_row)
-            lane_rows = [(e2_row, e2_valid, shared)] * P
-        for p, (port, word, (row, valid, (base, aligns, readout))) in enumerate(zip(self.lanes, e2_words, lane_rows)):
+        base = Signal(range(amap.depth))
+        aligns = [Signal(range(lay.max_align + 1), name=f"e2_align{k}") for k in range(3)]
+        readout = Signal()
+        m.d.comb += readout.eq(e2_row.kind == KIND_READOUT)
+        with m.Switch(Cat(e2_row.kind, e2_row.layer)):
+            for l, spec in enumerate(lay.layers):
+                for kind, al in ((KIND_INPUT, spec.input_align), (KIND_RECURRENT, spec.recurrent_align)):
+                    with m.Case(kind | (l << 2)):
+                        m.d.comb += [base.eq(lay.acc_base[l])] + [a.eq(v) for a, v in zip(aligns, al)]
+            with m.Default():
+                m.d.comb += [base.eq(amap.register_base)] + [a.eq(0) for a in aligns]
+        for p, (port, word) in enumerate(zip(self.lanes, e2_words)):
             # z and r words at 0 and 1; g at 2 (ag) from input rows, 3 (hg) from recurrent rows.
-            acc_kind = Mux(word.gate == GATE_G, Mux(row.kind == KIND_RECURRENT, 3, 2), word.gate)
+            acc_kind = Mux(word.gate == GATE_G, Mux(e2_row.kind == KIND_RECURRENT, 3, 2), word.gate)
             layer_addr = base + Cat(acc_kind[:2], word.target)
             if amap.banks == 2:
                 # The bank is the address bit above a bank's words (a power of two).
-                layer_addr = Cat(layer_addr[:(amap.bank_words - 1).bit_length()], row.bank)
-            m.d.comb += [port.valid.eq(valid),
+                layer_addr = Cat(layer_addr[:(amap.bank_words - 1).bit_length()], e2_row.bank)
+            m.d.comb += [port.valid.eq(e2_valid),
                          port.addr.eq(Mux(readout, base + word.target, layer_addr)),
-                         port.weight.eq(word.value), port.value.eq(row.value),
+                         port.weight.eq(word.value), port.value.eq(e2_row.value),
                          port.align.eq(Mux(word.gate == 0, aligns[0], Mux(word.gate == 1, aligns[1], aligns[2])))]
 
         # Every credit back: nothing in r1, r2 or the queue.
