@@ -224,6 +224,8 @@ class RegisterAccumulators:
         (``take_raw`` only): ``(hit, value)`` in the cycle of the read; where ``hit``, the
         entry's data is ``value`` instead of the word read (the caller's forwarding of a sum
         not yet written), registered with the register word in one LUT per bit."""
+        if forward is not None and not self.take_raw:
+            raise ValueError("forward is for take_raw accumulators")
         m = self.m
         for b, rd in enumerate(self.rds):
             here = self._in_bank(sweep_en, sweep_addr, b)
@@ -259,8 +261,6 @@ class RegisterAccumulators:
             m.d.comb += [self.take_data.eq(self.words[0]), entry_data.eq(Mux(use_ram, e_ram, e_word))]
             sweep += self.sweep_data.eq(sweep_word(s_ram))     # take_raw: no sweep on register words
             return entry_data
-        if forward is not None:
-            raise ValueError("forward is for take_raw accumulators")
         e_reg = Signal(self.shape)
         if self.shared_take:
             # One word select for the entries and the take port: a take and an entry on a

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from egru_accel.hw.mac_lane import TAKE_LATENCY, MacLane
+from egru_accel.hw.mac_lane import TAKE_LATENCY, MacLane, RegisterAccumulators
 
 
 def wrap(v, bits):
@@ -182,3 +182,13 @@ def test_words_are_zero_after_cycles_without_a_read(kind):
     sim.add_testbench(tb)
     sim.run()
     assert min(seen.values()) > 50       # both kinds of cycle happened, and words were read
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_forwarding_into_the_register_word_read_is_for_take_raw_only(registers):
+    from amaranth.hdl import Const, Fragment, Module, Signal, signed, unsigned
+    m = Module()
+    regs = RegisterAccumulators(m, depth=8, registers=registers, shape=signed(32), addr_shape=unsigned(3))
+    with pytest.raises(ValueError, match="^forward is for take_raw accumulators$"):
+        regs.read(Signal(3), Signal(), Signal(3), forward=(Const(1), Const(0, signed(32))))
+    Fragment.get(m, None)        # elaborated, so that its memories are not left unused
