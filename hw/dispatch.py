@@ -102,6 +102,9 @@ class EventDispatcher(wiring.Component):
     / the weight memory (addresses and words of
     :class:`~egru_accel.quantize.shared_rows.LoadMemory`); only while no event is inside: a
     weight write takes the memory's port in SPRAM.
+
+    A capacity layout (``image.layout.limits``) takes each layer's alignments at run time:
+    ``align[l][0]`` (input rows) and ``align[l][1]`` (recurrent rows), per gate z, r, g.
     """
 
     def __init__(self, *, image: SharedRowImage, queue_depth: int = 4, banks: int = 1,
@@ -119,13 +122,16 @@ class EventDispatcher(wiring.Component):
         self.queue_depth = queue_depth
         self.address_map = lay.lane_address_map(banks)
         load = lay.load_word(weight_memory)
-        super().__init__({
+        members = {
             "i": In(stream.Signature(EventLayout(lay))),
             "lanes": Out(LaneEntrySignature(lay, banks)).array(lay.lanes),
             "busy": Out(1),
             "load_rows": In(1), "load_weights": In(1),
             "load_addr": In(load.field("addr").width), "load_data": In(load.field("data").width),
-        })
+        }
+        if lay.limits is not None:
+            members["align"] = In(range(lay.max_align + 1)).array(lay.n_layers, 2, 3)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -230,7 +236,11 @@ class EventDispatcher(wiring.Component):
         m.d.comb += readout.eq(e2_row.kind == KIND_READOUT)
         with m.Switch(Cat(e2_row.kind, e2_row.layer)):
             for l, spec in enumerate(lay.layers):
-                for kind, al in ((KIND_INPUT, spec.input_align), (KIND_RECURRENT, spec.recurrent_align)):
+                if lay.limits is not None:
+                    ports = ((KIND_INPUT, list(self.align[l][0])), (KIND_RECURRENT, list(self.align[l][1])))
+                else:
+                    ports = ((KIND_INPUT, spec.input_align), (KIND_RECURRENT, spec.recurrent_align))
+                for kind, al in ports:
                     with m.Case(kind | (l << 2)):
                         m.d.comb += [base.eq(lay.acc_base[l])] + [a.eq(v) for a, v in zip(aligns, al)]
             with m.Default():

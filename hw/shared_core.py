@@ -33,8 +33,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from egru_accel.quantize.formats import BIAS_BITS
-from egru_accel.quantize.shared_rows import (ACC_BITS, ACC_KINDS, INIT_MEMORIES, LaneAddressMap, LoadMemory,
-                                             SharedRowImage, unpack_weights)
+from egru_accel.quantize.shared_rows import (ACC_BITS, ACC_KINDS, ALIGN_GATES, INIT_MEMORIES, LaneAddressMap,
+                                             LoadMemory, SharedRowImage, unpack_weights)
 
 from .construct import checked_construction
 from .dispatch import (KIND_INPUT, KIND_READOUT, KIND_RECURRENT, VALUE_BITS, EventDispatcher, EventLayout,
@@ -242,6 +242,9 @@ class SharedCore(wiring.Component):
                 raise ValueError(f"weights of {lay.formats.weight_bits} bits aligned by up to {lay.max_align} "
                                  f"do not fit the lane's {op_bits}-bit operand")
             check_weight_memory(config.weight_memory, lay)
+            if lay.limits is not None and config.readout == "engine":
+                raise ValueError("a capacity build takes readout='lanes': the readout engine's weights are "
+                                 "not loadable")
         self.image, self.config, self.layout = image, config, lay
         members = {
             "i": In(stream.Signature(signed(VALUE_BITS))),
@@ -315,7 +318,7 @@ class SharedCore(wiring.Component):
         U = self.config.units
         units = []
         for u in range(U):
-            unit = UpdateUnit(formats=lay.formats, acc_frac=tuple(l.acc_frac for l in lay.layers),
+            unit = UpdateUnit(formats=lay.formats, acc_frac=lay.grids,
                               depth=max(2, lay.neurons), acc_bits=ACC_BITS, multipliers=self.config.multipliers)
             m.submodules["unit" if U == 1 else f"unit{u}"] = unit
             units.append(unit)
@@ -342,6 +345,26 @@ class SharedCore(wiring.Component):
 
         def ld_to(mem):
             return ld_valid & (ld.mem == mem)
+
+        # -- param_: a capacity build's run-time registers (the model's sizes, grids, alignments and
+        # bias shifts), written by ``load``; a build for one model has its values as constants ------
+        params = {}
+        if lay.limits is not None:
+            for i, (name, value) in enumerate(zip(lay.param_names(), img.param_values())):
+                reg = Signal(range(lay.param_range(name)), init=value if at_reset else 0,
+                             name="param_" + name.replace(".", "_"))
+                with m.If(ld_to(LoadMemory.PARAMS) & (ld.addr == i)):
+                    m.d.sync += reg.eq(ld.data)
+                params[name] = reg
+            for l in range(L):
+                for use, kind in enumerate(("input", "recurrent")):
+                    for g, gate in enumerate(ALIGN_GATES):
+                        m.d.comb += dispatch.align[l][use][g].eq(params[f"layer{l}.{kind}_align.{gate}"])
+
+        def param(name, constant):
+            return params[name] if params else constant
+        input_size, outputs = param("inputs", lay.input_size), param("outputs", lay.outputs)
+        last_layer = param("last_layer", L - 1)        # the model's last layer
 
         def init(words):
             return [int(w) for w in words] if at_reset else []
@@ -684,7 +707,7 @@ class SharedCore(wiring.Component):
             m.d.sync += out_acc.eq(word)
         else:
             m.d.comb += [out_acc.eq(engine.take_data), engine.take_en.eq(out_issue), engine.take_index.eq(out_o)]
-        m.d.sync += out_sum.eq(out_acc + (out_bias << lay.readout_bias_shift))
+        m.d.sync += out_sum.eq(out_acc + (out_bias << param("readout_bias_shift", lay.readout_bias_shift)))
         m.d.comb += [oq.w_en.eq(out_v[3]), oq.w_data.eq(out_sum)]
         # bias: read with the issue (cycle 0), data in 1, registered in 2 = the lane's data.
 
@@ -780,7 +803,7 @@ class SharedCore(wiring.Component):
                 acc = t.reg(f"sw{k}{tag}_acc", data_k, 4 + x)
                 # The bias is a mantissa: shifted by its layer's shift for this kind (the layer
                 # stays put while a sweep runs).
-                shifts = [lay.bias_shifts[l][k] for l in range(L)]
+                shifts = [param(f"layer{l}.bias_shift.{g}", lay.bias_shifts[l][k]) for l in range(L)]
                 shifted = bias << shifts[0]
                 for l in range(1, L):
                     shifted = Mux(layer == l, bias << shifts[l], shifted)
@@ -793,7 +816,9 @@ class SharedCore(wiring.Component):
             rec_t = t.input(Signal(unit_record.size, name=f"sw_unit{tag}_record"), n_stages - 1)   # bits: Timeline delays signals
             m.d.comb += rec_t.eq(Cat(last.valid, last.neuron, last.layer, last.fresh))
             rec_u = data.View(unit_record, t.at(rec_t, D))
-            m.d.comb += [unit.i_valid.eq(rec_u.valid), unit.i_neuron.eq(rec_u.neuron), unit.i_layer.eq(rec_u.layer),
+            # The unit's grid: the layer's (a capacity build's: the layer's run-time register).
+            grid = Array(params[f"layer{l}.grid"] for l in range(L))[rec_u.layer] if params else rec_u.layer
+            m.d.comb += [unit.i_valid.eq(rec_u.valid), unit.i_neuron.eq(rec_u.neuron), unit.i_layer.eq(grid),
                          unit.i_fresh.eq(rec_u.fresh)]
 
         # -- the units' events into the event buffer ---------------------------------------------------
@@ -850,7 +875,7 @@ class SharedCore(wiring.Component):
         # Below the last layer it also waits for the source: the next layer's input rows read
         # this bank.
         m.d.sync += sw_done.eq(onehot[SWEEP] & ~sw_more & (sw_outputs == 0) & ~ev_pending
-                               & ((layer == L - 1) | ~src_follow))
+                               & ((layer == last_layer) | ~src_follow))
         if self.config.debug:
             for u, unit in enumerate(units):
                 dbg = self.dbg if U == 1 else self.dbg[u]
@@ -881,10 +906,9 @@ class SharedCore(wiring.Component):
                          engine.i.payload.value.eq(ro_event.value), ro_queue.r_en.eq(engine.i.ready)]
             ro_pending = (ro_active & (ro_addr != ev_ptr)) | ro1_valid | ro_queue.r_rdy | (ro_queue.level != 0) | engine.busy
         m.d.sync += idle_dispatch.eq(~src_busy & ~dispatch.busy & ~ro_pending)
-        layer_H = Array(Const(H) for H in lay.hidden)
+        layer_H = Array(Value.cast(param(f"layer{l}.hidden", H)) for l, H in enumerate(lay.hidden))
         layer_base = Array(Const(b) for b in lay.acc_base)
         neuron_base = Array(Const(b) for b in lay.neuron_base)
-        last = L - 1
 
         def start_recurrent_or_drain(l):
             # The layer's own events of the step before; in the dense baseline every neuron, with
@@ -980,14 +1004,14 @@ class SharedCore(wiring.Component):
         with m.If(onehot[DRAIN]):
             # A clear holds the lanes' sweep ports: the sweep waits for it.
             ready = ~clr_active
-            with m.If(layer == last):
+            with m.If(layer == last_layer):
                 drained(sweep_drain, enter_sweep(layer, parity, bank, step_last, True), ready=ready)
             with m.Else():
                 drained(sweep_drain, enter_sweep(layer, parity, bank, step_last, False), ready=ready)
         with m.If(onehot[SWEEP]):
             with m.If(sw_done):
                 m.d.sync += counts[layer][parity].eq(ev_count)
-                with m.If(layer == last):
+                with m.If(layer == last_layer):
                     m.d.sync += goto(RO_DRAIN)
                 with m.Else():                 # sw_done waited for the source (below)
                     # The next layer's input rows read this bank: they wait for the sweep.
@@ -995,8 +1019,8 @@ class SharedCore(wiring.Component):
                     m.d.sync += source_buffer(layer, parity, "input", KIND_INPUT, ev_count)
         with m.If(onehot[RO_DRAIN]):
             # The outputs stream while the next step runs; the step ends here.
-            step_end = [src_mode.eq(SRC_NONE), ro_active.eq(0), out_left.eq(lay.outputs),
-                        out_pending.eq(lay.outputs != 0), out_o.eq(0), out_lane.eq(0),
+            step_end = [src_mode.eq(SRC_NONE), ro_active.eq(0), out_left.eq(outputs),
+                        out_pending.eq(outputs != 0), out_o.eq(0), out_lane.eq(0),
                         out_local.eq(0), goto(IDLE), parity.eq(~parity), fresh.eq(0),
                         step_cycles.eq(this_step)]
             if banks == 2:
@@ -1018,7 +1042,13 @@ class SharedCore(wiring.Component):
                     m.d.sync += [drain.eq(0)] + step_end + [
                         layer.eq(0), in_have.eq(0), step_last.eq(in_last)]
                     m.d.comb += [step_done.eq(1), step_restart.eq(1)]
-                    m.d.sync += enter_sweep(0, ~parity, ~bank, in_last, L == 1)
+                    if params:
+                        with m.If(last_layer == 0):
+                            m.d.sync += enter_sweep(0, ~parity, ~bank, in_last, True)
+                        with m.Else():
+                            m.d.sync += enter_sweep(0, ~parity, ~bank, in_last, False)
+                    else:
+                        m.d.sync += enter_sweep(0, ~parity, ~bank, in_last, L == 1)
                 with m.Else():
                     m.d.sync += [drain.eq(0)] + step_end
                     m.d.comb += step_done.eq(1)
@@ -1059,11 +1089,11 @@ class SharedCore(wiring.Component):
         # The input engine opens for a step when the sequencer waits for one, or (two banks)
         # for the next step during the last layer's sweep.
         with m.If(~in_open & ~in_have & (self.i.valid | beat.valid)):
-            opened = [in_left.eq(lay.input_size), in_open.eq(lay.input_size != 0), src_elem.eq(0),
-                      in_accept_left.eq(lay.input_size), in_accepting.eq(lay.input_size != 0)]
+            opened = [in_left.eq(input_size), in_open.eq(input_size != 0), src_elem.eq(0),
+                      in_accept_left.eq(input_size), in_accepting.eq(input_size != 0)]
             with m.If(onehot[IDLE] & ~self.start):
                 m.d.sync += opened + [in_ahead.eq(0)]
             if banks == 2:
-                with m.Elif((onehot[SWEEP] | onehot[RO_DRAIN]) & (layer == last) & ~in_ahead):
+                with m.Elif((onehot[SWEEP] | onehot[RO_DRAIN]) & (layer == last_layer) & ~in_ahead):
                     m.d.sync += opened + [in_ahead.eq(1)]
         return m

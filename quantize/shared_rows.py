@@ -69,7 +69,8 @@ from .memory import GATE_BITS, Field, LayerLayout, LayoutError, Word
 from .model import QuantModel
 from .packer import _lane_entries
 
-__all__ = ["ACC_BITS", "ACC_KINDS", "PACKINGS", "LoadMemory", "WEIGHT_MEMORIES", "LaneAddressMap", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
+__all__ = ["ACC_BITS", "ACC_KINDS", "PACKINGS", "LoadMemory", "WEIGHT_MEMORIES", "LaneAddressMap", "RuntimeLimits",
+           "ModelParams", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
 
 #: How :func:`pack_shared_rows` pads the lanes' shares: per row, or per gate and window.
 PACKINGS = ("unstructured", "lane-window")
@@ -88,7 +89,9 @@ class LoadMemory(enum.IntEnum):
     """The loadable memories of core v2: the ``mem`` of a load write. Addresses: ``ROWS`` a
     row; ``WEIGHTS`` an entry address (``"wide"``), or lane ``p``'s entry ``e`` at
     ``p << entry_address_bits | e`` (``"lanes"``); ``INIT_*`` and ``THETA`` a global neuron;
-    ``READOUT_BIAS`` an output. Data: the memory's word (signed values in two's complement)."""
+    ``READOUT_BIAS`` an output; ``PARAMS`` a run-time register of a capacity build
+    (:meth:`SharedRowLayout.param_names`). Data: the memory's word (signed values in two's
+    complement)."""
     ROWS = 0
     WEIGHTS = 1
     INIT_Z = 2
@@ -97,6 +100,11 @@ class LoadMemory(enum.IntEnum):
     INIT_HG = 5
     THETA = 6
     READOUT_BIAS = 7
+    PARAMS = 8
+
+
+#: Gates of the alignment registers, in the order of ``input_align`` / ``recurrent_align``.
+ALIGN_GATES = ("z", "r", "g")
 
 
 #: The init memory of each accumulator kind.
@@ -129,6 +137,64 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 @dataclass(frozen=True)
+class RuntimeLimits:
+    """What the run-time registers of a capacity build (one bitstream for many models) can
+    hold: the accumulator grids its update units take (``acc_frac`` values, each a table-index
+    shift of its own), the largest product alignment its lanes' shifters cover and the largest
+    bias shift. A layout with limits has its layers' sizes as *capacities*; each model's own
+    sizes, grids, alignments and bias shifts come with its image (:class:`ModelParams`)."""
+    grids: tuple[int, ...]
+    max_align: int
+    max_bias_shift: int
+
+    def to_dict(self) -> dict:
+        return {"grids": list(self.grids), "max_align": self.max_align, "max_bias_shift": self.max_bias_shift}
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """A model's values of a capacity build's run-time registers: its sizes (at most the
+    capacities), each layer's accumulator grid, product alignments (per gate z, r, g) and bias
+    shifts (per :data:`ACC_KINDS`), and the readout bias's shift."""
+    inputs: int
+    outputs: int
+    hidden: tuple[int, ...]
+    acc_frac: tuple[int, ...]
+    input_align: tuple[tuple[int, int, int], ...]
+    recurrent_align: tuple[tuple[int, int, int], ...]
+    bias_shifts: tuple[tuple[int, int, int, int], ...]
+    readout_bias_shift: int
+
+    @property
+    def neurons(self) -> int:
+        return sum(self.hidden)
+
+    def values(self, layout: "SharedRowLayout") -> dict:
+        """The registers' values by :meth:`SharedRowLayout.param_names` name (a grid as its
+        index in the limits' ``grids``; the layers the model does not have 0)."""
+        out = {name: 0 for name in layout.param_names()}
+        out.update({"last_layer": len(self.hidden) - 1, "inputs": self.inputs, "outputs": self.outputs,
+                    "readout_bias_shift": self.readout_bias_shift})
+        limits = layout.limits
+        for l, H in enumerate(self.hidden):
+            out[f"layer{l}.hidden"] = H
+            out[f"layer{l}.grid"] = limits.grids.index(self.acc_frac[l])
+            for g, a in zip(ALIGN_GATES, self.input_align[l]):
+                out[f"layer{l}.input_align.{g}"] = a
+            for g, a in zip(ALIGN_GATES, self.recurrent_align[l]):
+                out[f"layer{l}.recurrent_align.{g}"] = a
+            for k, b in zip(ACC_KINDS, self.bias_shifts[l]):
+                out[f"layer{l}.bias_shift.{k}"] = b
+        return out
+
+    def to_dict(self) -> dict:
+        return {"inputs": self.inputs, "outputs": self.outputs, "hidden": list(self.hidden),
+                "acc_frac": list(self.acc_frac), "input_align": [list(a) for a in self.input_align],
+                "recurrent_align": [list(a) for a in self.recurrent_align],
+                "bias_shifts": [list(b) for b in self.bias_shifts], "readout_bias_shift": self.readout_bias_shift}
+
+
+@dataclass(frozen=True)
 class SharedRowLayout:
     """Shapes, formats and the address map of a shared-row core; every word and depth."""
     formats: NumberFormats
@@ -143,6 +209,8 @@ class SharedRowLayout:
     #: memory word is a ``BIAS_BITS`` mantissa, the bias ``mantissa << shift``.
     bias_shifts: tuple = ()
     readout_bias_shift: int = 0
+    #: A capacity build's (``None``: the layers' values are the model's, fixed by the build).
+    limits: RuntimeLimits | None = None
 
     # -- shapes -------------------------------------------------------------------------
     @property
@@ -191,7 +259,9 @@ class SharedRowLayout:
 
     @property
     def rows(self) -> int:
-        return self.readout_row_base + self.hidden[-1]
+        """Row words: the layers' rows, then the readout's, one per neuron of the last layer
+        (of a capacity layout: of its largest layer, which a model of fewer layers may end with)."""
+        return self.readout_row_base + (max(self.hidden) if self.limits is not None else self.hidden[-1])
 
     @property
     def acc_base(self) -> tuple[int, ...]:
@@ -226,7 +296,48 @@ class SharedRowLayout:
 
     @property
     def max_align(self) -> int:
+        """The largest product alignment the lanes' shifters take: the layers' (or the limit)."""
+        if self.limits is not None:
+            return self.limits.max_align
         return max(max(max(l.input_align), max(l.recurrent_align)) for l in self.layers)
+
+    @property
+    def grids(self) -> tuple[int, ...]:
+        """The accumulator grids (``acc_frac``) the update units take: one per layer, or the
+        limits' (a capacity build)."""
+        return self.limits.grids if self.limits is not None else tuple(l.acc_frac for l in self.layers)
+
+    def param_names(self) -> list[str]:
+        """The run-time registers of a capacity build, in address order (``PARAMS`` writes)."""
+        names = ["last_layer", "inputs", "outputs", "readout_bias_shift"]
+        for l in range(self.n_layers):
+            names += [f"layer{l}.hidden", f"layer{l}.grid"]
+            names += [f"layer{l}.input_align.{g}" for g in ALIGN_GATES]
+            names += [f"layer{l}.recurrent_align.{g}" for g in ALIGN_GATES]
+            names += [f"layer{l}.bias_shift.{k}" for k in ACC_KINDS]
+        return names
+
+    def param_range(self, name: str) -> int:
+        """How many values register ``name`` takes (0 .. n-1)."""
+        lim = self.limits
+        if lim is None:
+            raise LayoutError("a layout without limits has no run-time registers")
+        if name == "last_layer":
+            return self.n_layers
+        if name == "inputs":
+            return self.input_size + 1
+        if name == "outputs":
+            return self.outputs + 1
+        if name == "readout_bias_shift" or ".bias_shift." in name:
+            return lim.max_bias_shift + 1
+        if ".align." in name or "_align." in name:
+            return lim.max_align + 1
+        layer, what = name.split(".")
+        if what == "hidden":
+            return self.hidden[int(layer[5:])] + 1
+        if what == "grid":
+            return len(lim.grids)
+        raise LayoutError(f"no run-time register {name!r}")
 
     # -- words --------------------------------------------------------------------------
     @property
@@ -288,8 +399,9 @@ class SharedRowLayout:
         """A write of the load port: ``mem`` (a :class:`LoadMemory`), ``addr``, ``data`` (as
         wide as the widest loadable word)."""
         weights = self.entry_address_bits + (unsigned_bits_for(self.lanes - 1) if weight_memory == "lanes" else 0)
+        params = len(self.param_names()) if self.limits is not None else 2
         addr = max(weights, unsigned_bits_for(max(2, self.rows) - 1), unsigned_bits_for(max(2, self.neurons) - 1),
-                   unsigned_bits_for(max(2, self.outputs) - 1))
+                   unsigned_bits_for(max(2, self.outputs) - 1), unsigned_bits_for(params - 1))
         width = max(self.row_word.width, self.weight_word(weight_memory).width, ACC_BITS, self.theta_word.width)
         return Word((Field("mem", unsigned_bits_for(len(LoadMemory) - 1)), Field("addr", addr),
                      Field("data", width)))
@@ -315,7 +427,8 @@ class SharedRowLayout:
                            for l in self.layers],
                 "entries": self.entries, "max_row_length": self.max_row_length, "rows": self.rows,
                 "acc_depth": self.acc_depth, "structure": self.structure,
-                "bias_shifts": [list(b) for b in self.bias_shifts], "readout_bias_shift": self.readout_bias_shift}
+                "bias_shifts": [list(b) for b in self.bias_shifts], "readout_bias_shift": self.readout_bias_shift,
+                "limits": None if self.limits is None else self.limits.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -331,6 +444,40 @@ class SharedRowImage:
     theta: np.ndarray = field(repr=False)
     readout_bias: np.ndarray = field(repr=False)
     padding: int = 0        # zero-weight entries added to pad shares (all lanes)
+    #: A capacity layout's model values (:func:`~egru_accel.quantize.capacity.place`); ``None``
+    #: for a layout without limits.
+    params: ModelParams | None = None
+
+    def __post_init__(self):
+        if (self.params is None) != (self.layout.limits is None):
+            raise LayoutError("an image has run-time parameters exactly when its layout has limits")
+
+    @property
+    def bias_shifts(self) -> tuple:
+        """Per layer, the shift of each accumulator kind's biases (the model's)."""
+        return self.params.bias_shifts if self.params is not None else self.layout.bias_shifts
+
+    @property
+    def readout_bias_shift(self) -> int:
+        return self.params.readout_bias_shift if self.params is not None else self.layout.readout_bias_shift
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """The model's neurons per layer (at most the layout's, in a capacity layout)."""
+        return self.params.hidden if self.params is not None else self.layout.hidden
+
+    @property
+    def input_size(self) -> int:
+        return self.params.inputs if self.params is not None else self.layout.input_size
+
+    @property
+    def outputs(self) -> int:
+        return self.params.outputs if self.params is not None else self.layout.outputs
+
+    def param_values(self) -> list[int]:
+        """The run-time registers' values in :meth:`SharedRowLayout.param_names` order."""
+        values = self.params.values(self.layout)
+        return [values[n] for n in self.layout.param_names()]
 
     def row_fields(self) -> dict:
         return self.layout.row_word.unpack(self.rows)
@@ -357,7 +504,8 @@ class SharedRowImage:
     def load_writes(self, weight_memory: str) -> list[tuple[int, int, int]]:
         """Every write that fills a core built for this layout with this image, as
         (:class:`LoadMemory`, address, data) in load order: rows, weights, biases, thresholds,
-        readout biases. Data are the memories' words as unsigned integers."""
+        readout biases, and a capacity layout's run-time registers. Data are the memories' words
+        as unsigned integers."""
         lay = self.layout
         lay.weight_word(weight_memory)       # a bad weight_memory fails here
         writes: list[tuple[int, int, int]] = []
@@ -376,6 +524,8 @@ class SharedRowImage:
             add(INIT_MEMORIES[k], self.init_words(k), BIAS_BITS)
         add(LoadMemory.THETA, self.theta, lay.theta_word.width)
         add(LoadMemory.READOUT_BIAS, self.readout_bias_words(), BIAS_BITS)
+        if self.params is not None:
+            add(LoadMemory.PARAMS, self.param_values(), 16)
         return writes
 
     def init_words(self, kind: str) -> np.ndarray:
@@ -383,13 +533,15 @@ class SharedRowImage:
         ``>>`` its layer's :attr:`SharedRowLayout.bias_shifts`)."""
         lay = self.layout
         k = ACC_KINDS.index(kind)
-        shifts = np.concatenate([np.full(l.hidden, lay.bias_shifts[i][k], dtype=np.int64)
+        # A capacity layout's layers past the model's hold zeros (shift 0).
+        given = self.bias_shifts
+        shifts = np.concatenate([np.full(l.hidden, given[i][k] if i < len(given) else 0, dtype=np.int64)
                                  for i, l in enumerate(lay.layers)])
         return np.asarray(self.init[kind], dtype=np.int64) >> shifts
 
     def readout_bias_words(self) -> np.ndarray:
         """The readout bias memory: per output its mantissa."""
-        return np.asarray(self.readout_bias, dtype=np.int64) >> self.layout.readout_bias_shift
+        return np.asarray(self.readout_bias, dtype=np.int64) >> self.readout_bias_shift
 
     def load_payloads(self, weight_memory: str) -> list[int]:
         """:meth:`load_writes` as :meth:`SharedRowLayout.load_word` payloads (Python ints: the

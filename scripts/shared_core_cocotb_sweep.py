@@ -12,11 +12,19 @@ Model mode: ``--model runs/digits/model.npz --task digits --sequences K`` runs t
 sequences of the task on a ``--lanes``-lane core, stalled and free, and also reports the accuracy
 of the core's outputs (last step's argmax).
 
+Capacity mode (one bitstream for many models): ``--capacity-models N`` random models of 1 or 2 layers
+(their own sizes, sparsities, thresholds and grids) on ``--lanes`` lanes, one capacity build that
+covers them all (quantize/capacity.py), one simulation that loads each model through the core's
+``load`` port in turn and runs its sequences with idles and back-pressure, then the first model
+again: every model against its own golden model.
+
 Writes JSON (``--out``): per model its spec, mismatches per run, cycles and times; and the totals.
 
     python scripts/shared_core_cocotb_sweep.py --models 30 --simulator icarus --out runs/sweep/icarus.json
     python scripts/shared_core_cocotb_sweep.py --model runs/digits/model.npz --task digits --sequences 20 \\
         --simulator verilator --out runs/sweep/digits_verilator.json
+    python scripts/shared_core_cocotb_sweep.py --capacity-models 30 --lanes 4 --simulator icarus \\
+        --out runs/sweep/capacity_icarus.json
 """
 
 from __future__ import annotations
@@ -63,6 +71,52 @@ def draw_spec(seed: int) -> dict:
     }
 
 
+def draw_capacity_spec(seed: int, lanes: int) -> dict:
+    """The random model of ``seed`` for the capacity mode: random_model's arguments (every layer
+    at least ``lanes`` neurons)."""
+    rng = np.random.default_rng([20261, seed])
+    layers = int(rng.integers(1, 3))
+    return {"inputs": int(rng.integers(2, 9)), "hidden": [int(rng.integers(lanes, 17)) for _ in range(layers)],
+            "outputs": int(rng.integers(2, 11)), "weight_sparsity": round(float(rng.uniform(0.0, 0.9)), 3),
+            "seed": int(seed), "threshold_mode": str(rng.choice(THRESHOLD_MODES)), "fine": bool(rng.random() < 0.2)}
+
+
+def capacity_sweep(a, config, build) -> tuple[list, dict]:
+    """The capacity mode: one build, ``a.capacity_models`` models loaded in turn (then the first again)."""
+    from egru_accel.quantize.capacity import Capacity, place
+    specs = [draw_capacity_spec(k, a.lanes) for k in range(a.first_seed, a.first_seed + a.capacity_models)]
+    models = [random_model(**spec) for spec in specs]
+    cap = Capacity.covering(models, lanes=a.lanes)
+    images = [place(m, cap) for m in models]
+    xs = [np.asarray(random_inputs(m, steps=a.steps, sequences=a.sequences, seed=k)) for k, m in enumerate(models)]
+    order = list(range(len(models))) + [0]
+    jobs = [Job(xs[k], a.stall, seed=n, load=images[k] if n else None) for n, k in enumerate(order)]
+    t0, stats = time.monotonic(), {}
+    try:
+        recs = run_shared_core_jobs(images[0], jobs, config=config, build_dir=build, simulator=a.simulator,
+                                    timeout_s=a.timeout, stats=stats)
+    finally:
+        if not a.keep_builds:
+            shutil.rmtree(build, ignore_errors=True)
+    results = []
+    for n, (k, rec) in enumerate(zip(order, recs)):
+        diffs = compare_with_golden(models[k], images[k], xs[k], rec)
+        out = {"name": f"model{specs[k]['seed']}" + (" (again)" if n == len(order) - 1 else ""), "spec": specs[k],
+               "params": images[k].params.to_dict(), "loaded": n > 0, "sequences": int(xs[k].shape[0]),
+               "steps": int(xs[k].shape[0] * xs[k].shape[1]), "mismatches": {"stalled": len(diffs)},
+               "first_mismatches": {"stalled": diffs[:3]} if diffs else {},
+               "fired": int(sum(u[2] for seq in rec.updates for step in seq for u in step)),
+               "cycles_stalled": int(sum(map(sum, rec.step_cycles))), "stalls": {"stalled": stats["stalls"][n]}}
+        results.append(out)
+        print(f"{out['name']}: H={specs[k]['hidden']} I={specs[k]['inputs']} O={specs[k]['outputs']} "
+              f"sparsity {specs[k]['weight_sparsity']} {specs[k]['threshold_mode']}: mismatches {len(diffs)}",
+              flush=True)
+    extra = {"capacity": cap.to_dict(), "simulated_cycles": int(stats["cycles"]),
+             "build_time_s": round(stats["build_time_s"], 2), "sim_time_s": round(stats["wall_time_s"], 2),
+             "wall_time_s": round(time.monotonic() - t0, 2)}
+    return results, extra
+
+
 def run_one(name, model, image, config, x, *, simulator, stall, seed, build, amaranth_cycles, timeout_s, keep):
     t0 = time.monotonic()
     out = {"name": name, "layout": {k: v for k, v in image.layout.to_dict().items() if k != "formats"},
@@ -106,6 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=8, help="steps per random sequence")
     ap.add_argument("--sequences", type=int, default=3, help="sequences per model (model mode: test sequences)")
     ap.add_argument("--model", help="a QuantModel .npz (model mode)")
+    ap.add_argument("--capacity-models", type=int, default=None, metavar="N",
+                    help="capacity mode: N random models loaded in turn into one capacity build of --lanes lanes")
     ap.add_argument("--task", default="digits", help="the model's task (model mode)")
     ap.add_argument("--lanes", type=int, default=8, help="lanes (model mode)")
     ap.add_argument("--lane", default="dsp_model", help="lane kind (model mode)")
@@ -145,7 +201,10 @@ def main(argv=None) -> int:
     common = dict(simulator=a.simulator, stall=a.stall, amaranth_cycles=a.amaranth_cycles, timeout_s=a.timeout,
                   keep=a.keep_builds)
     extra = {}
-    if a.model:
+    if a.capacity_models:
+        config = core_config(a.lane, a.multipliers, 1 if a.banks == "random" else a.banks)
+        results, extra = capacity_sweep(a, config, build_root / "capacity")
+    elif a.model:
         model = QuantModel.load(a.model)
         from egru_accel.quantize.data import load_task
         task = load_task(a.task)
@@ -202,7 +261,11 @@ def main(argv=None) -> int:
     }
     if a.amaranth_cycles:
         totals["amaranth_cycle_mismatches"] = sum(1 for r in ran if r.get("amaranth_cycles_match") is False)
-    doc = {"simulator": a.simulator, "stall_probability": a.stall, "mode": "model" if a.model else "random",
+    mode = "capacity" if a.capacity_models else "model" if a.model else "random"
+    if a.capacity_models:       # one simulation: its build and time once, not per model
+        totals.update({k: extra.pop(k) for k in ("simulated_cycles", "build_time_s", "sim_time_s")})
+        totals["steps"] = sum(r["steps"] for r in ran)
+    doc = {"simulator": a.simulator, "stall_probability": a.stall, "mode": mode,
            **extra, "totals": totals, "results": results}
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=1))

@@ -43,7 +43,15 @@ def shared_core(args):
     from egru_accel.quantize.shared_rows import pack_shared_rows
     if not args.model:
         raise SystemExit("--unit shared_core needs --model")
-    image = pack_shared_rows(QuantModel.load(args.model), args.lanes, structure=args.structure)
+    model = QuantModel.load(args.model)
+    if args.capacity:
+        # A capacity build (run-time sizes, grids, alignments and bias shifts) holding the model.
+        from egru_accel.quantize.capacity import Capacity, place
+        cap = Capacity.load(args.capacity) if args.capacity != "model" else \
+            Capacity.covering([model], lanes=args.lanes, structure=args.structure, max_bias_shift=7)
+        image = place(model, cap)
+    else:
+        image = pack_shared_rows(model, args.lanes, structure=args.structure)
     ice40 = args.family == "ice40"
     config = SharedCoreConfig(lane="sb_mac16" if ice40 else "fabric", multipliers="logic" if ice40 else "dsp",
                               banks=args.banks, units=args.units, weight_memory=args.weight_memory,
@@ -144,6 +152,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", help="shared_core: the quantized model (model.npz)")
     ap.add_argument("--lanes", type=int, default=8, help="shared_core: lanes")
+    ap.add_argument("--capacity", help="shared_core: a capacity build, from a capacity.json or 'model' (the "
+                                       "smallest that holds --model)")
     ap.add_argument("--banks", type=int, default=1, choices=(1, 2), help="shared_core: accumulator banks")
     ap.add_argument("--units", type=int, default=1, help="shared_core: update units")
     ap.add_argument("--readout", default="lanes", choices=("lanes", "engine"),
@@ -176,7 +186,7 @@ def main(argv=None):
         result.update(model=args.model, lanes=args.lanes, banks=args.banks, units=args.units,
                       readout=args.readout, readout_macs=args.readout_macs,
                       structure=args.structure, weight_memory=args.weight_memory, weight_ram=args.weight_ram,
-                      model_at_reset=not args.empty)
+                      model_at_reset=not args.empty, capacity=args.capacity)
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         tmp = os.path.relpath(tmp)
         Path(tmp, "top.v").write_text(text)

@@ -45,7 +45,8 @@ class Job:
     and output back-pressure of probability ``stall_probability`` (independent patterns seeded by
     ``seed`` and ``seed + 1``; 0: none). ``load``: an image whose
     :meth:`~quantize.shared_rows.SharedRowImage.load_writes` go through the core's ``load`` port
-    first (it must have the layout of the image the core was built for)."""
+    first (it must have the layout of the image the core was built for); the job runs the model
+    loaded last (of a capacity build: with that model's sizes)."""
     x: np.ndarray
     stall_probability: float = 0.0
     seed: int = 0
@@ -65,7 +66,8 @@ def _image_key(image: SharedRowImage, config: SharedCoreConfig) -> str:
               "rows": np.asarray(image.rows, dtype=np.int64).tolist(),
               "init": {k: np.asarray(v, dtype=np.int64).tolist() for k, v in sorted(image.init.items())},
               "theta": np.asarray(image.theta, dtype=np.int64).tolist(),
-              "readout_bias": np.asarray(image.readout_bias, dtype=np.int64).tolist()}
+              "readout_bias": np.asarray(image.readout_bias, dtype=np.int64).tolist(),
+              "params": None if image.params is None else image.params.to_dict()}
     from egru_accel.hw.pipeline import collisions_poisoned
     data = {"amaranth": amaranth.__version__, "poisoned_collisions": collisions_poisoned(),
             "sources": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sources},
@@ -106,10 +108,11 @@ def estimated_cycles(image: SharedRowImage, steps: int) -> int:
 
 
 def _check_job(image: SharedRowImage, job: Job) -> np.ndarray:
+    """``job``'s inputs, checked against ``image``, the model the job runs."""
     lay = image.layout
     x = np.asarray(job.x)
-    if x.ndim != 3 or x.shape[2] != lay.input_size or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"expected sequences [S, T, {lay.input_size}] with S, T >= 1, got {list(x.shape)}")
+    if x.ndim != 3 or x.shape[2] != image.input_size or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"expected sequences [S, T, {image.input_size}] with S, T >= 1, got {list(x.shape)}")
     if not np.issubdtype(x.dtype, np.integer):
         raise ValueError(f"sequences must hold integers (see golden.quantize_input), not {x.dtype}")
     fmt = lay.formats
@@ -145,7 +148,11 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
         raise ValueError("jobs is empty")
     if not all(isinstance(j, Job) for j in jobs):
         raise TypeError("jobs must be sim.shared_core_cocotb.Job instances")
-    xs = [_check_job(image, j) for j in jobs]
+    running, current = [], image          # the model each job runs: the one loaded last
+    for j in jobs:
+        current = j.load if j.load is not None else current
+        running.append(current)
+    xs = [_check_job(run, j) for run, j in zip(running, jobs)]
     config = config or SharedCoreConfig()
     lay = image.layout
     build = Path(build_dir).resolve()
@@ -162,8 +169,8 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
         return job.load.load_payloads(config.weight_memory)
 
     cfg = {"jobs": [{"inputs": x.tolist(), "stall_probability": float(j.stall_probability), "seed": int(j.seed),
-                     "load": load_words(j)} for x, j in zip(xs, jobs)],
-           "input_size": lay.input_size, "outputs": lay.outputs, "neurons": lay.neurons,
+                     "load": load_words(j), "input_size": run.input_size, "outputs": run.outputs,
+                     "neurons": sum(run.hidden)} for x, j, run in zip(xs, jobs, running)],
            "step_cycle_limit": limit, "results": str(results_file)}
     env = write_json_config(cfg, path=build / "config.json")
     steps = sum(x.shape[0] * x.shape[1] for x in xs)
@@ -188,12 +195,12 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
     if len(data["jobs"]) != len(jobs):
         raise RuntimeError(f"the simulation returned {len(data['jobs'])} jobs, expected {len(jobs)}")
     records = []
-    for x, job in zip(xs, data["jobs"]):
+    for x, job, run in zip(xs, data["jobs"], running):
         if len(job) != x.shape[0]:
             raise RuntimeError(f"the simulation returned {len(job)} sequences, expected {x.shape[0]}")
         rec = SharedCoreRecord()
         for seq in job:
-            rec.outputs.append(np.asarray(seq["outputs"], dtype=np.int64).reshape(x.shape[1], lay.outputs))
+            rec.outputs.append(np.asarray(seq["outputs"], dtype=np.int64).reshape(x.shape[1], run.outputs))
             rec.updates.append([[tuple(u) for u in step] for step in seq["updates"]])
             rec.step_cycles.append(list(seq["step_cycles"]))
         records.append(rec)

@@ -5,10 +5,10 @@ Started by :func:`sim.shared_core_cocotb.run_shared_core_jobs`, which passes a J
 
     {"jobs": [{"inputs": [[[int] * I] * T] * S,     # layer-0 integers (signed)
                "stall_probability": 0.3, "seed": 0,
-               "load": [int, ...]},                 # optional: load-port payloads (packed
+               "load": [int, ...],                  # optional: load-port payloads (packed
                                                     # SharedRowLayout.load_word), before the sequences
-               ...],
-     "input_size": I, "outputs": O, "neurons": N,
+               "input_size": I, "outputs": O, "neurons": N},   # the shapes of the model the job
+               ...],                                            # runs (a capacity build's loaded one)
      "step_cycle_limit": 100000,                    # a step taking longer fails the test
      "results": "/abs/path/results.json"}
 
@@ -227,9 +227,8 @@ class SharedCoreTestbench(TestbenchBase):
 @cocotb.test()
 async def shared_core_jobs(dut) -> None:
     cfg = read_json_config()
-    I, O = int(cfg["input_size"]), int(cfg["outputs"])
-    assert all(len(step) == I for job in cfg["jobs"] for seq in job["inputs"] for step in seq)
-    tb = SharedCoreTestbench(dut, neurons=int(cfg["neurons"]), step_cycle_limit=int(cfg["step_cycle_limit"]))
+    assert all(len(step) == int(job["input_size"]) for job in cfg["jobs"] for seq in job["inputs"] for step in seq)
+    tb = SharedCoreTestbench(dut, neurons=int(cfg["jobs"][0]["neurons"]), step_cycle_limit=int(cfg["step_cycle_limit"]))
     assert len(dut.i__payload) == 16 and len(dut.o__payload) == 32
     await tb.start()
     wall = time.perf_counter()
@@ -242,7 +241,8 @@ async def shared_core_jobs(dut) -> None:
         if job.get("load"):
             await tb.load(job["load"])
             dut._log.info("job %d: %d load words taken", n, len(job["load"]))
-        results.append([await tb.run_sequence(seq, O) for seq in job["inputs"]])
+        tb.neurons = int(job["neurons"])
+        results.append([await tb.run_sequence(seq, int(job["outputs"])) for seq in job["inputs"]])
         stalls.append({"input_idles": tb.input_idles - idles,
                        "output_backpressure": tb.output_backpressure - backpressure})
         dut._log.info("job %d: %d sequences (stalls %.2f), %d cycles so far", n, len(job["inputs"]), p, tb.cycle)
@@ -250,8 +250,8 @@ async def shared_core_jobs(dut) -> None:
     for _ in range(20):
         await RisingEdge(dut.clk)
     total = sum(len(seq) for job in cfg["jobs"] for seq in job["inputs"])
-    assert tb.sink.count == total * O and tb.sink.empty(), \
-        f"{tb.sink.count} outputs in all, expected {total * O}"
+    expected = sum(len(seq) * int(job["outputs"]) for job in cfg["jobs"] for seq in job["inputs"])
+    assert tb.sink.count == expected and tb.sink.empty(), f"{tb.sink.count} outputs in all, expected {expected}"
     assert tb.failure is None, tb.failure
     wall = time.perf_counter() - wall
     stats = {"cycles": tb.cycle, "wall_time_s": wall, "cycles_per_second": tb.cycle / wall if wall > 0 else 0.0,

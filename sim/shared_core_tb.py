@@ -18,7 +18,7 @@ from egru_accel.quantize import golden
 from egru_accel.quantize.model import QuantModel
 from egru_accel.quantize.shared_rows import SharedRowImage
 
-__all__ = ["SharedCoreRecord", "run_shared_core", "compare_with_golden"]
+__all__ = ["SharedCoreRecord", "Phase", "run_shared_core", "run_shared_core_phases", "compare_with_golden"]
 
 
 @dataclass
@@ -50,57 +50,87 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
     ``load``: writes (memory, address, data), as :meth:`SharedRowImage.load_writes` lists them,
     put through the core's ``load`` port (with the input's idles) before the first sequence.
     The monitor fails the run if ``load`` is ever ready while the core is busy."""
-    x = np.asarray(x, dtype=np.int64)
-    lay = image.layout
-    if x.ndim != 3 or x.shape[2] != lay.input_size:
-        raise ValueError(f"expected inputs [S, T, {lay.input_size}], got {list(x.shape)}")
-    S, T, I, O = x.shape[0], x.shape[1], lay.input_size, lay.outputs
+    return run_shared_core_phases(image, [Phase(x=x, load=load)], config=config,
+                                  stall_probability=stall_probability, seed=seed, vcd=vcd,
+                                  sink_stall_probability=sink_stall_probability)[0]
+
+
+@dataclass
+class Phase:
+    """Part of a run: ``load`` (writes, or ``None``), then the sequences ``x`` [S, T, I] of the
+    model ``running`` (the image whose sizes the core then has: a capacity build's placed model;
+    ``None``: the image the core was built with)."""
+    x: np.ndarray
+    load: list | None = None
+    running: SharedRowImage | None = None
+
+
+def run_shared_core_phases(image: SharedRowImage, phases: list, *, config: SharedCoreConfig | None = None,
+                           stall_probability: float = 0.0, seed: int = 0, vcd: str | None = None,
+                           sink_stall_probability: float | None = None) -> list:
+    """Simulate one core built for ``image`` through ``phases`` (:class:`Phase`) in turn, in one
+    simulation: a capacity build loading one model after another. One :class:`SharedCoreRecord`
+    per phase (``state_cycles`` counted from the phase's first load write or ``start``)."""
     config = SharedCoreConfig(debug=True) if config is None else config
     if not config.debug:
         raise ValueError("run_shared_core needs a core with the debug port (debug=True)")
+    plan = []
+    for phase in phases:
+        run = phase.running if phase.running is not None else image
+        x = np.asarray(phase.x, dtype=np.int64)
+        if x.ndim != 3 or x.shape[2] != run.input_size:
+            raise ValueError(f"expected inputs [S, T, {run.input_size}], got {list(x.shape)}")
+        plan.append((x, phase.load, run))
+    lay = image.layout
     dut = SharedCore(image, config)
     rng = np.random.default_rng(seed)
     src_pause = _pauses(rng, stall_probability)
     sink_pause = _pauses(np.random.default_rng(seed + 1),
                          stall_probability if sink_stall_probability is None else sink_stall_probability)
-    rec = SharedCoreRecord()
-    updates: list = []
-
-    completed: list = []         # step_cycles of every step, in order
+    recs = [SharedCoreRecord() for _ in plan]
+    updates: list = [[] for _ in plan]
+    completed: list = [[] for _ in plan]        # step_cycles of every step, in order
+    now = [0]                                   # the phase under way (set by the source)
+    sunk = [0]                                  # the phases whose outputs are all in
 
     async def source(ctx):
         # A sequence's inputs back to back, as fast as the core takes them (with two banks it
         # takes a step's inputs while the step before sweeps); between sequences, ``start``
-        # once the last step has finished.
-        await ctx.tick().until(~dut.status.busy)
-        for mem, addr, word in (load or ()):
-            while next(src_pause):
-                ctx.set(dut.load.valid, 0)
+        # once the last step has finished. A phase's load waits for the outputs before it.
+        for k, (x, load, run) in enumerate(plan):
+            S, T, I = x.shape
+            await ctx.tick().until(~dut.status.busy)
+            while sunk[0] < k:
                 await ctx.tick()
-            ctx.set(dut.load.valid, 1)
-            ctx.set(dut.load.payload.mem, int(mem))
-            ctx.set(dut.load.payload.addr, int(addr))
-            ctx.set(dut.load.payload.data, int(word))
-            await ctx.tick().until(dut.load.ready)
-        ctx.set(dut.load.valid, 0)
-        for s in range(S):
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            for t in range(T):
-                for j in range(I):
-                    while next(src_pause):
-                        ctx.set(dut.i.valid, 0)
-                        await ctx.tick()
-                    ctx.set(dut.i.valid, 1)
-                    ctx.set(dut.i.payload, int(x[s, t, j]))
-                    ctx.set(dut.last, int(t == T - 1))
-                    await ctx.tick().until(dut.i.ready)
-                ctx.set(dut.i.valid, 0)
-            while len(completed) < (s + 1) * T or ctx.get(dut.status.busy):
+            now[0] = k
+            for mem, addr, word in (load or ()):
+                while next(src_pause):
+                    ctx.set(dut.load.valid, 0)
+                    await ctx.tick()
+                ctx.set(dut.load.valid, 1)
+                ctx.set(dut.load.payload.mem, int(mem))
+                ctx.set(dut.load.payload.addr, int(addr))
+                ctx.set(dut.load.payload.data, int(word))
+                await ctx.tick().until(dut.load.ready)
+            ctx.set(dut.load.valid, 0)
+            for s in range(S):
+                ctx.set(dut.start, 1)
                 await ctx.tick()
+                ctx.set(dut.start, 0)
+                for t in range(T):
+                    for j in range(I):
+                        while next(src_pause):
+                            ctx.set(dut.i.valid, 0)
+                            await ctx.tick()
+                        ctx.set(dut.i.valid, 1)
+                        ctx.set(dut.i.payload, int(x[s, t, j]))
+                        ctx.set(dut.last, int(t == T - 1))
+                        await ctx.tick().until(dut.i.ready)
+                    ctx.set(dut.i.valid, 0)
+                while len(completed[k]) < (s + 1) * T or ctx.get(dut.status.busy):
+                    await ctx.tick()
 
-    state_counts = [0] * len(STATE_NAMES)
+    state_counts = [[0] * len(STATE_NAMES) for _ in plan]
 
     U = config.units
     ports = [dut.dbg] if U == 1 else [dut.dbg[u] for u in range(U)]
@@ -114,41 +144,46 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
             values = values[:4] + values[6:]
             if busy and load_ready:
                 raise AssertionError("the load port was ready while the core was busy")
-            state_counts[int(state)] += 1
-            rec.lanes_busy_cycles += int(lanes_busy)
+            k = now[0]
+            state_counts[k][int(state)] += 1
+            recs[k].lanes_busy_cycles += int(lanes_busy)
             # Unit u takes the u-th neuron of each group: within a cycle, units in order.
             for u in range(U):
                 valid, neuron, cand, fire, y = values[4 + 5 * u:9 + 5 * u]
                 if valid:
-                    updates.append((int(neuron), int(cand), int(fire), int(y)))
+                    updates[k].append((int(neuron), int(cand), int(fire), int(y)))
             if int(steps) != steps_before:
                 if int(steps) == steps_before + 1:
-                    completed.append(int(step_cycles))
+                    completed[k].append(int(step_cycles))
                 steps_before = int(steps)
 
     async def sink(ctx):
-        for s in range(S):
-            out = np.zeros((T, O), dtype=np.int64)
-            for t in range(T):
-                values = []
-                while len(values) < O:
-                    ready = not next(sink_pause)
-                    ctx.set(dut.o.ready, ready)
-                    _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-                    if valid and ready:
-                        values.append(int(payload))
-                out[t] = values
-            rec.outputs.append(out)
+        for k, (x, _, run) in enumerate(plan):
+            S, T, O = x.shape[0], x.shape[1], run.outputs
+            for s in range(S):
+                out = np.zeros((T, O), dtype=np.int64)
+                for t in range(T):
+                    values = []
+                    while len(values) < O:
+                        ready = not next(sink_pause)
+                        ctx.set(dut.o.ready, ready)
+                        _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+                        if valid and ready:
+                            values.append(int(payload))
+                    out[t] = values
+                recs[k].outputs.append(out)
+            sunk[0] = k + 1
         ctx.set(dut.o.ready, 0)
 
     # A step takes at most every entry and every neuron a few times over: a core that hangs
     # fails here instead of running forever.
-    budget = S * T * (4 * (lay.entries + lay.rows + lay.neurons) + 1000) + 10_000
+    budget = sum(x.shape[0] * x.shape[1] * (4 * (lay.entries + lay.rows + lay.neurons) + 1000)
+                 + 2 * len(load or ()) for x, load, _ in plan) + 10_000
 
     async def watchdog(ctx):
         for _ in range(budget):
             await ctx.tick()
-        raise AssertionError(f"the core did not finish {S} x {T} steps in {budget} cycles")
+        raise AssertionError(f"the core did not finish its {len(plan)} phase(s) in {budget} cycles")
 
     sim = Simulator(dut)
     sim.add_testbench(watchdog, background=True)
@@ -161,12 +196,15 @@ def run_shared_core(image: SharedRowImage, x: np.ndarray, *, config: SharedCoreC
             sim.run()
     else:
         sim.run()
-    rec.state_cycles = dict(zip(STATE_NAMES, state_counts))
-    rec.step_cycles = [completed[s * T:(s + 1) * T] for s in range(S)]
-    per_step = image.layout.neurons
-    rec.updates = [[updates[(s * T + t) * per_step:(s * T + t + 1) * per_step] for t in range(T)]
-                   for s in range(S)]
-    return rec
+    for k, (x, _, run) in enumerate(plan):
+        S, T = x.shape[0], x.shape[1]
+        rec = recs[k]
+        rec.state_cycles = dict(zip(STATE_NAMES, state_counts[k]))
+        rec.step_cycles = [completed[k][s * T:(s + 1) * T] for s in range(S)]
+        per_step = sum(run.hidden)
+        rec.updates = [[updates[k][(s * T + t) * per_step:(s * T + t + 1) * per_step] for t in range(T)]
+                       for s in range(S)]
+    return recs
 
 
 def compare_with_golden(model: QuantModel, image: SharedRowImage, x: np.ndarray, rec: SharedCoreRecord) -> list[str]:
@@ -186,8 +224,9 @@ def compare_with_golden(model: QuantModel, image: SharedRowImage, x: np.ndarray,
         for t in range(T):
             ups = rec.updates[s][t]
             want_u = []
-            for l, base in enumerate(lay.neuron_base):
-                for n in range(lay.hidden[l]):
+            for l, H in enumerate(image.hidden):
+                base = lay.neuron_base[l]
+                for n in range(H):
                     want_u.append((base + n, int(trace.candidate[l][t, s, n]), int(trace.events[l][t, s, n]),
                                    int(trace.y[l][t, s, n])))
             if ups != want_u:

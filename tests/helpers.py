@@ -65,3 +65,21 @@ def simulate(dut, main, *background, period=1e-6):
         sim.add_testbench(bench, background=True)
     sim.add_testbench(main)
     sim.run()
+
+
+def three_models():
+    """Different seeds, sizes, sparsities and threshold modes; the second has one layer."""
+    from egru_accel.quantize.random_model import random_model
+    return [random_model(inputs=5, hidden=[10, 7], outputs=3, weight_sparsity=0.5, seed=1, threshold_mode="random"),
+            random_model(inputs=6, hidden=[12], outputs=4, weight_sparsity=0.7, seed=2, threshold_mode="mixed"),
+            random_model(inputs=4, hidden=[8, 8], outputs=2, weight_sparsity=0.3, seed=3, threshold_mode="fire")]
+
+
+def capacity_for(models, **changes):
+    """A capacity of 4 lanes, (12, 8) neurons, that the models' grids fit (and ``changes``)."""
+    from egru_accel.quantize.capacity import Capacity
+    grids = tuple(sorted({m.acc_frac(l) for m in models for l in range(len(m.layers))}))
+    args = dict(formats=models[0].formats, lanes=4, inputs=6, hidden=(12, 8), outputs=4, entries=400,
+                max_row_length=40, grids=grids, max_align=8, max_bias_shift=8)
+    args.update(changes)
+    return Capacity(**args)
