@@ -28,7 +28,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from egru_accel.quantize.shared_rows import pack_engine_words
+
 from .construct import checked_construction
+from .pipeline import NO_RW_COLLISIONS
 from .mac_lane import _positive
 
 __all__ = ["ReadoutEngine"]
@@ -41,11 +44,14 @@ class ReadoutEngine(wiring.Component):
     on ``i``; ``busy`` while an event is inside.
 
     ``weights``: the readout matrix [H, O] of signed ``weight_bits`` integers (zeros included:
-    the engine takes every output of an event, ``chunks`` cycles per event).
+    the engine takes every output of an event, ``chunks`` cycles per event), its memory's words
+    :func:`~egru_accel.quantize.shared_rows.pack_engine_words`. ``loadable``: ``load_en`` writes
+    word ``load_data`` at ``load_addr`` (while no event is inside), another model's weights.
     """
 
 
-    def __init__(self, *, weights, weight_bits: int = 8, macs: int = 4, value_bits: int = 16):
+    def __init__(self, *, weights, weight_bits: int = 8, macs: int = 4, value_bits: int = 16,
+                 loadable: bool = False, load_addr_bits: int | None = None, load_data_bits: int | None = None):
         with checked_construction(self):
             w = np.asarray(weights, dtype=np.int64)
             if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
@@ -60,32 +66,33 @@ class ReadoutEngine(wiring.Component):
         self.hidden, self.outputs = w.shape
         self.macs = min(self.macs, self.outputs)
         self.chunks = -(-self.outputs // self.macs)
-        super().__init__({
+        self.loadable = bool(loadable)
+        depth = max(2, self.hidden * self.chunks)
+        members = {
             "i": In(stream.Signature(data.StructLayout({"neuron": range(max(2, self.hidden)),
                                                         "value": signed(value_bits)}))),
             "busy": Out(1),
             "take_en": In(1), "take_index": In(range(max(2, self.outputs))), "take_data": Out(signed(ACC_BITS)),
-        })
+        }
+        if self.loadable:
+            members.update(load_en=In(1), load_addr=In(load_addr_bits or (depth - 1).bit_length()),
+                           load_data=In(load_data_bits or self.macs * self.weight_bits))
+        super().__init__(members)
 
     def _words(self):
-        """Weight words: neuron n's chunk c holds outputs c * macs ... (zero past O)."""
-        R, C, W = self.macs, self.chunks, self.weight_bits
-        padded = np.zeros((self.hidden, C * R), dtype=np.int64)
-        padded[:, :self.outputs] = self.weights
-        words = []
-        for n in range(self.hidden):
-            for c in range(C):
-                word = 0
-                for r in range(R):
-                    word |= (int(padded[n, c * R + r]) & ((1 << W) - 1)) << (r * W)
-                words.append(word)
-        return words
+        """Weight words (:func:`~egru_accel.quantize.shared_rows.pack_engine_words`)."""
+        return [int(w) for w in pack_engine_words(self.weights, macs=self.macs, weight_bits=self.weight_bits)]
 
     def elaborate(self, platform):
         m = Module()
         R, C, W, O = self.macs, self.chunks, self.weight_bits, self.outputs
-        m.submodules.weights = mem = Memory(shape=R * W, depth=max(2, self.hidden * C), init=self._words())
+        # A load happens only while no event is inside: no read needs a write of its cycle kept out.
+        m.submodules.weights = mem = Memory(shape=R * W, depth=max(2, self.hidden * C), init=self._words(),
+                                            attrs=NO_RW_COLLISIONS if self.loadable else None)
         rd = mem.read_port()
+        if self.loadable:
+            wr = mem.write_port()
+            m.d.comb += [wr.en.eq(self.load_en), wr.addr.eq(self.load_addr), wr.data.eq(self.load_data)]
 
         # Issue: one chunk per cycle; the next event is taken with the last chunk.
         busy_issue = Signal()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -79,8 +80,7 @@ class SharedCoreConfig:
         weight_ram: Where the weight memory lives (:data:`~hw.config.WEIGHT_RAMS`):
             ``"ice40_spram"`` puts it in the UP5K's SPRAM, which needs ``model_at_reset=False``.
         model_at_reset: The memories start with the image's model (the bitstream holds it).
-            ``False``: they start empty and the model comes through the ``load`` port (the
-            readout engine's weights are not loadable yet, so it needs ``True``).
+            ``False``: they start empty and the model comes through the ``load`` port.
         sweep_address_stages: Registers between the sweep's records and a lane's sweep address:
             1, or 2 (ECP5 at P = 16, where one register per lane, between the records and a
             lane's memory, is far from one or the other; a cycle more of sweep latency).
@@ -118,13 +118,18 @@ class SharedCoreConfig:
             raise ValueError(f"multipliers must be one of {', '.join(MULTIPLIERS)}, not {self.multipliers!r}")
         check_weight_memory(self.weight_memory)
         check_weight_ram(self.weight_ram, self.model_at_reset)
-        if self.readout == "engine" and not self.model_at_reset:
-            raise ValueError("readout='engine' needs model_at_reset=True: the engine's weights are not loadable")
         if self.sweep_address_stages not in (1, 2) or isinstance(self.sweep_address_stages, bool):
             raise ValueError(f"sweep_address_stages must be 1 or 2, not {self.sweep_address_stages!r}")
         for name in ("register_bias", "debug"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
+
+
+    @property
+    def load_macs(self) -> int | None:
+        """What the load port's words depend on besides the weight memory: the readout
+        engine's multipliers (``None`` without an engine)."""
+        return self.readout_macs if self.readout == "engine" else None
 
 
 class StatusSignature(wiring.Signature):
@@ -242,17 +247,17 @@ class SharedCore(wiring.Component):
                 raise ValueError(f"weights of {lay.formats.weight_bits} bits aligned by up to {lay.max_align} "
                                  f"do not fit the lane's {op_bits}-bit operand")
             check_weight_memory(config.weight_memory, lay)
-            if lay.limits is not None and config.readout == "engine":
-                raise ValueError("a capacity build takes readout='lanes': the readout engine's weights are "
-                                 "not loadable")
         self.image, self.config, self.layout = image, config, lay
+        #: The load port's word (the host's writes: ``image.load_writes(config.weight_memory,
+        #: config.load_macs)``).
+        self.load_word = lay.load_word(config.weight_memory, config.load_macs)
         members = {
             "i": In(stream.Signature(signed(VALUE_BITS))),
             "o": Out(stream.Signature(signed(ACC_BITS))),
             "start": In(1),
             "last": In(1),
             "status": Out(StatusSignature()),
-            "load": In(stream.Signature(lay.load_word(config.weight_memory).struct_layout())),
+            "load": In(stream.Signature(self.load_word.struct_layout())),
         }
         if config.debug:
             members["dbg"] = Out(DebugSignature(image)).array(config.units) if config.units > 1 \
@@ -326,9 +331,13 @@ class SharedCore(wiring.Component):
         self.lanes_busy = dispatch.lanes[0].valid   # for testbenches: the cycles the lanes take entries
         engine = None
         if self.config.readout == "engine":
-            m.submodules.readout = engine = ReadoutEngine(weights=unpack_weights(img)[-1],
-                                                          weight_bits=lay.formats.weight_bits,
-                                                          macs=self.config.readout_macs, value_bits=VALUE_BITS)
+            # Its weights from the image (a bitstream with a model) or the load port.
+            ro_weights = unpack_weights(img)[-1] if at_reset else np.zeros((lay.engine_rows, lay.outputs), np.int64)
+            load = self.load_word
+            m.submodules.readout = engine = ReadoutEngine(weights=ro_weights, weight_bits=lay.formats.weight_bits,
+                                                          macs=self.config.readout_macs, value_bits=VALUE_BITS,
+                                                          loadable=True, load_addr_bits=load.field("addr").width,
+                                                          load_data_bits=load.field("data").width)
 
         # -- memories of the core: events, biases, thresholds ------------------------------------
         # The source and the readout engine read only addresses behind the write pointer, never
@@ -338,7 +347,7 @@ class SharedCore(wiring.Component):
         ev_rd, ev_wr = events.read_port(), events.write_port()
         # -- ld_: a model's words from ``load``, registered, then written ---------------------------
         ld_valid = Signal()
-        ld = Signal(lay.load_word(self.config.weight_memory).struct_layout())
+        ld = Signal(self.load_word.struct_layout())
         # The payload is registered every cycle (no enable across its many bits); ld_valid says
         # whether it was taken.
         m.d.sync += [ld_valid.eq(self.load.valid & self.load.ready), ld.eq(self.load.payload)]
@@ -377,6 +386,9 @@ class SharedCore(wiring.Component):
             m.d.comb += [wr.en.eq(ld_to(mem)), wr.addr.eq(ld.addr), wr.data.eq(ld.data)]
             return memory
 
+        if engine is not None:
+            m.d.comb += [engine.load_en.eq(ld_to(LoadMemory.READOUT_WEIGHTS)), engine.load_addr.eq(ld.addr),
+                         engine.load_data.eq(ld.data)]
         m.d.comb += [dispatch.load_rows.eq(ld_to(LoadMemory.ROWS)), dispatch.load_weights.eq(ld_to(LoadMemory.WEIGHTS)),
                      dispatch.load_addr.eq(ld.addr), dispatch.load_data.eq(ld.data)]
         inits = [[] for _ in range(U)]        # inits[u][k]: unit u's read port of gate k's biases
@@ -902,7 +914,8 @@ class SharedCore(wiring.Component):
             m.d.comb += [ro_queue.w_data.eq(ro_rd.data), ro_queue.w_en.eq(ro1_valid)]
             ro_event = Signal(ev_word.struct_layout())
             m.d.comb += [ro_event.eq(ro_queue.r_data), engine.i.valid.eq(ro_queue.r_rdy),
-                         engine.i.payload.neuron.eq(ro_event.neuron - lay.neuron_base[L - 1]),
+                         engine.i.payload.neuron.eq(ro_event.neuron - Array(Const(b) for b in lay.neuron_base)[last_layer]
+                                                    if params else ro_event.neuron - lay.neuron_base[L - 1]),
                          engine.i.payload.value.eq(ro_event.value), ro_queue.r_en.eq(engine.i.ready)]
             ro_pending = (ro_active & (ro_addr != ev_ptr)) | ro1_valid | ro_queue.r_rdy | (ro_queue.level != 0) | engine.busy
         m.d.sync += idle_dispatch.eq(~src_busy & ~dispatch.busy & ~ro_pending)

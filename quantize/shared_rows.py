@@ -90,8 +90,9 @@ class LoadMemory(enum.IntEnum):
     row; ``WEIGHTS`` an entry address (``"wide"``), or lane ``p``'s entry ``e`` at
     ``p << entry_address_bits | e`` (``"lanes"``); ``INIT_*`` and ``THETA`` a global neuron;
     ``READOUT_BIAS`` an output; ``PARAMS`` a run-time register of a capacity build
-    (:meth:`SharedRowLayout.param_names`). Data: the memory's word (signed values in two's
-    complement)."""
+    (:meth:`SharedRowLayout.param_names`); ``READOUT_WEIGHTS`` a word of the readout engine's
+    weights (:meth:`SharedRowLayout.engine_word`). Data: the memory's word (signed values in
+    two's complement)."""
     ROWS = 0
     WEIGHTS = 1
     INIT_Z = 2
@@ -101,6 +102,7 @@ class LoadMemory(enum.IntEnum):
     THETA = 6
     READOUT_BIAS = 7
     PARAMS = 8
+    READOUT_WEIGHTS = 9
 
 
 #: Gates of the alignment registers, in the order of ``input_align`` / ``recurrent_align``.
@@ -395,14 +397,40 @@ class SharedRowLayout:
             raise ValueError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, not {weight_memory!r}")
         return self.window_word if weight_memory == "wide" else self.entry_word
 
-    def load_word(self, weight_memory: str) -> Word:
+    # -- the readout engine's weights ------------------------------------------------------
+    @property
+    def engine_rows(self) -> int:
+        """Neurons whose events the readout engine takes (the readout's rows)."""
+        return self.rows - self.readout_row_base
+
+    def engine_macs(self, macs: int) -> int:
+        """The engine's multipliers for ``macs`` asked: no more than there are outputs."""
+        return min(macs, self.outputs)
+
+    def engine_chunks(self, macs: int) -> int:
+        """Cycles (words) per event of an engine of ``macs`` multipliers."""
+        return _ceil_div(self.outputs, self.engine_macs(macs))
+
+    def engine_word(self, macs: int) -> Word:
+        """One word of the readout engine's weights: ``value{r}`` of output ``c * macs + r``
+        for chunk ``c`` (the word at ``n * chunks + c`` for neuron ``n``; zero past the outputs)."""
+        return engine_word(self.formats.weight_bits, self.engine_macs(macs))
+
+    def engine_depth(self, macs: int) -> int:
+        return self.engine_rows * self.engine_chunks(macs)
+
+    def load_word(self, weight_memory: str, readout_macs: int | None = None) -> Word:
         """A write of the load port: ``mem`` (a :class:`LoadMemory`), ``addr``, ``data`` (as
-        wide as the widest loadable word)."""
+        wide as the widest loadable word); ``readout_macs``: a core with a readout engine of
+        that many multipliers (its weights are loadable too)."""
         weights = self.entry_address_bits + (unsigned_bits_for(self.lanes - 1) if weight_memory == "lanes" else 0)
         params = len(self.param_names()) if self.limits is not None else 2
         addr = max(weights, unsigned_bits_for(max(2, self.rows) - 1), unsigned_bits_for(max(2, self.neurons) - 1),
                    unsigned_bits_for(max(2, self.outputs) - 1), unsigned_bits_for(params - 1))
         width = max(self.row_word.width, self.weight_word(weight_memory).width, ACC_BITS, self.theta_word.width)
+        if readout_macs is not None:
+            addr = max(addr, unsigned_bits_for(max(2, self.engine_depth(readout_macs)) - 1))
+            width = max(width, self.engine_word(readout_macs).width)
         return Word((Field("mem", unsigned_bits_for(len(LoadMemory) - 1)), Field("addr", addr),
                      Field("data", width)))
 
@@ -501,11 +529,18 @@ class SharedRowImage:
         return ww.pack(**fields)
 
 
-    def load_writes(self, weight_memory: str) -> list[tuple[int, int, int]]:
+    def engine_words(self, macs: int) -> np.ndarray:
+        """The readout engine's weight memory (:meth:`SharedRowLayout.engine_word`) for an
+        engine of ``macs`` multipliers: the readout matrix the entries describe."""
+        lay = self.layout
+        return pack_engine_words(unpack_weights(self)[-1], macs=lay.engine_macs(macs),
+                                 weight_bits=lay.formats.weight_bits)
+
+    def load_writes(self, weight_memory: str, readout_macs: int | None = None) -> list[tuple[int, int, int]]:
         """Every write that fills a core built for this layout with this image, as
         (:class:`LoadMemory`, address, data) in load order: rows, weights, biases, thresholds,
-        readout biases, and a capacity layout's run-time registers. Data are the memories' words
-        as unsigned integers."""
+        readout biases, a readout engine's weights (``readout_macs``: its multipliers) and a
+        capacity layout's run-time registers. Data are the memories' words as unsigned integers."""
         lay = self.layout
         lay.weight_word(weight_memory)       # a bad weight_memory fails here
         writes: list[tuple[int, int, int]] = []
@@ -524,6 +559,8 @@ class SharedRowImage:
             add(INIT_MEMORIES[k], self.init_words(k), BIAS_BITS)
         add(LoadMemory.THETA, self.theta, lay.theta_word.width)
         add(LoadMemory.READOUT_BIAS, self.readout_bias_words(), BIAS_BITS)
+        if readout_macs is not None:
+            add(LoadMemory.READOUT_WEIGHTS, self.engine_words(readout_macs), lay.engine_word(readout_macs).width)
         if self.params is not None:
             add(LoadMemory.PARAMS, self.param_values(), 16)
         return writes
@@ -543,12 +580,13 @@ class SharedRowImage:
         """The readout bias memory: per output its mantissa."""
         return np.asarray(self.readout_bias, dtype=np.int64) >> self.readout_bias_shift
 
-    def load_payloads(self, weight_memory: str) -> list[int]:
+    def load_payloads(self, weight_memory: str, readout_macs: int | None = None) -> list[int]:
         """:meth:`load_writes` as :meth:`SharedRowLayout.load_word` payloads (Python ints: the
         data of a wide weight word may exceed 64 bits)."""
-        word = self.layout.load_word(weight_memory)
+        word = self.layout.load_word(weight_memory, readout_macs)
         at_addr, at_data = word.offset("addr"), word.offset("data")
-        return [mem | addr << at_addr | data << at_data for mem, addr, data in self.load_writes(weight_memory)]
+        return [mem | addr << at_addr | data << at_data
+                for mem, addr, data in self.load_writes(weight_memory, readout_macs)]
 
 
 def _padded_rows(parts, gates: int, windows: int | None = None):
@@ -670,6 +708,24 @@ def pack_shared_rows(model: QuantModel, lanes: int, *, dense: bool = False,
                           readout_bias=np.asarray(model.readout.bias, dtype=np.int64), padding=padding)
 
 
+def engine_word(weight_bits: int, macs: int) -> Word:
+    """A word of the readout engine's weights: ``macs`` signed ``weight_bits`` values."""
+    return Word(tuple(Field(f"value{r}", weight_bits, True) for r in range(macs)))
+
+
+def pack_engine_words(matrix, *, macs: int, weight_bits: int) -> np.ndarray:
+    """The readout engine's weight memory for ``matrix`` [H, O] and ``macs`` (at most O)
+    multipliers: neuron ``n``'s chunk ``c`` at ``n * chunks + c`` holds outputs ``c * macs`` to
+    ``c * macs + macs - 1`` (zero past O), :func:`engine_word` s."""
+    w = np.asarray(matrix, dtype=np.int64)
+    H, O = w.shape
+    C = _ceil_div(O, macs)
+    padded = np.zeros((H, C * macs), dtype=np.int64)
+    padded[:, :O] = w
+    chunks = padded.reshape(H * C, macs)
+    return engine_word(weight_bits, macs).pack(**{f"value{r}": chunks[:, r] for r in range(macs)})
+
+
 def unpack_weights(image: SharedRowImage) -> list[np.ndarray]:
     """The matrices the image's entries describe: per layer ``[I + H, 3H]`` (W over R), then
     the readout ``[H, O]`` (for tests: equal to the model's, padding contributing zeros)."""
@@ -677,7 +733,7 @@ def unpack_weights(image: SharedRowImage) -> list[np.ndarray]:
     rows = image.row_fields()
     out = []
     specs = [(lay.row_base[l], l_.inputs + l_.hidden, l_.hidden, 3) for l, l_ in enumerate(lay.layers)]
-    specs.append((lay.readout_row_base, lay.hidden[-1], lay.outputs, 1))
+    specs.append((lay.readout_row_base, lay.engine_rows, lay.outputs, 1))
     for base, n_rows, targets, g in specs:
         M = np.zeros((n_rows, g * targets), dtype=np.int64)
         for p in range(P):

@@ -73,12 +73,12 @@ def draw_spec(seed: int) -> dict:
 
 def draw_capacity_spec(seed: int, lanes: int) -> dict:
     """The random model of ``seed`` for the capacity mode: random_model's arguments (every layer
-    at least ``lanes`` neurons)."""
+    at least ``lanes`` neurons; the default number formats, which a capacity build fixes)."""
     rng = np.random.default_rng([20261, seed])
     layers = int(rng.integers(1, 3))
     return {"inputs": int(rng.integers(2, 9)), "hidden": [int(rng.integers(lanes, 17)) for _ in range(layers)],
             "outputs": int(rng.integers(2, 11)), "weight_sparsity": round(float(rng.uniform(0.0, 0.9)), 3),
-            "seed": int(seed), "threshold_mode": str(rng.choice(THRESHOLD_MODES)), "fine": bool(rng.random() < 0.2)}
+            "seed": int(seed), "threshold_mode": str(rng.choice(THRESHOLD_MODES))}
 
 
 def capacity_sweep(a, config, build) -> tuple[list, dict]:
@@ -107,6 +107,8 @@ def capacity_sweep(a, config, build) -> tuple[list, dict]:
                "first_mismatches": {"stalled": diffs[:3]} if diffs else {},
                "fired": int(sum(u[2] for seq in rec.updates for step in seq for u in step)),
                "cycles_stalled": int(sum(map(sum, rec.step_cycles))), "stalls": {"stalled": stats["stalls"][n]}}
+        seen = stats["stalls"][n]
+        out["stalls_took_effect"] = seen["input_idles"] + seen["output_backpressure"] > 0
         results.append(out)
         print(f"{out['name']}: H={specs[k]['hidden']} I={specs[k]['inputs']} O={specs[k]['outputs']} "
               f"sparsity {specs[k]['weight_sparsity']} {specs[k]['threshold_mode']}: mismatches {len(diffs)}",

@@ -166,7 +166,7 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
             return []
         if job.load.layout != lay:
             raise ValueError("a job's load image must have the layout of the image the core is built for")
-        return job.load.load_payloads(config.weight_memory)
+        return job.load.load_payloads(config.weight_memory, config.load_macs)
 
     cfg = {"jobs": [{"inputs": x.tolist(), "stall_probability": float(j.stall_probability), "seed": int(j.seed),
                      "load": load_words(j), "input_size": run.input_size, "outputs": run.outputs,

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from egru_accel.hw.shared_core import SharedCore, SharedCoreConfig
+from egru_accel.hw.shared_core import SharedCoreConfig
 from egru_accel.quantize.capacity import Capacity, CapacityError, place
 from egru_accel.quantize.formats import NumberFormats
 from egru_accel.quantize.random_model import random_inputs, random_model
@@ -166,9 +166,16 @@ def test_a_capacity_file_gives_the_capacity_back(tmp_path):
         Capacity.load(path)
 
 
-def test_a_capacity_build_refuses_the_readout_engine():
+def test_a_capacity_build_with_a_readout_engine_runs_three_models_in_turn():
+    # The ECP5 configuration: two banks, two units, the readout on an engine whose weights load too.
     models = three_models()
-    image = place(models[0], capacity_for(models))
-    with pytest.raises(ValueError, match="^a capacity build takes readout='lanes': the readout engine's weights "
-                                         "are not loadable$"):
-        SharedCore(image, SharedCoreConfig(readout="engine"))
+    cap = capacity_for(models)
+    images = [place(m, cap) for m in models]
+    xs = [np.asarray(random_inputs(m, steps=3, sequences=2, seed=k)) for k, m in enumerate(models)]
+    config = SharedCoreConfig(debug=True, banks=2, units=2, readout="engine", readout_macs=3)
+    order = [0, 1, 2]
+    phases = [Phase(x=xs[0], running=images[0])] + [
+        Phase(x=xs[k], load=images[k].load_writes("lanes", readout_macs=3), running=images[k]) for k in order[1:]]
+    recs = run_shared_core_phases(images[0], phases, config=config, stall_probability=0.2, seed=4)
+    for k, rec in zip(order, recs):
+        assert compare_with_golden(models[k], images[k], xs[k], rec) == []
