@@ -179,3 +179,23 @@ def test_a_capacity_build_with_a_readout_engine_runs_three_models_in_turn():
     recs = run_shared_core_phases(images[0], phases, config=config, stall_probability=0.2, seed=4)
     for k, rec in zip(order, recs):
         assert compare_with_golden(models[k], images[k], xs[k], rec) == []
+
+
+def test_covering_is_the_smallest_capacity_that_holds_every_model():
+    models = three_models()
+    cap = Capacity.covering(models, lanes=4)
+    for m in models:
+        place(m, cap)               # each fits
+    assert cap.inputs == 6 and cap.hidden == (12, 8) and cap.outputs == 4
+    assert cap.grids == (18, 19) and cap.entries == max(pack_shared_rows(m, 4).layout.entries for m in models)
+    # One less of any capacity and some model no longer fits.
+    for change in (dict(inputs=5), dict(hidden=(11, 8)), dict(hidden=(12, 7)), dict(outputs=3),
+                   dict(entries=cap.entries - 1), dict(max_row_length=cap.max_row_length - 1),
+                   dict(max_align=cap.max_align - 1), dict(max_bias_shift=cap.max_bias_shift - 1),
+                   dict(grids=(18,)), dict(grids=(19,))):
+        smaller = dataclasses.replace(cap, **change)
+        with pytest.raises(CapacityError):
+            for m in models:
+                place(m, smaller)
+    with pytest.raises(TypeError, match="^covering takes one or more QuantModels$"):
+        Capacity.covering([], lanes=4)
