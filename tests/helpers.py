@@ -27,6 +27,15 @@ needs_both_simulators = pytest.mark.skipif(
     set(available_simulators()) != {"icarus", "verilator"},
     reason="needs Icarus Verilog and Verilator >= 5.036 (scripts/setup.sh installs both)")
 
+def simulator_params():
+    """``icarus`` and ``verilator`` as pytest params, each skipped with the reason when it is not installed."""
+    names = {"icarus": "Icarus Verilog", "verilator": "Verilator >= 5.036"}
+    return [pytest.param(s, marks=pytest.mark.skipif(
+        s not in available_simulators(),
+        reason=f"{names[s]} is not installed (scripts/setup.sh installs Icarus Verilog and Verilator)"))
+        for s in names]
+
+
 #: Skips a test that runs iverilog directly (not through cocotb).
 needs_iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog is not installed (scripts/setup.sh installs it)")
 

@@ -13,13 +13,9 @@ from egru_accel.quantize.random_model import random_inputs
 from egru_accel.sim.shared_core_cocotb import Job, run_shared_core_jobs
 from egru_accel.sim.shared_core_tb import compare_with_golden
 
-from egru_accel.sim.runner import available_simulators
-from helpers import capacity_for, needs_both_simulators, three_models
+from helpers import capacity_for, needs_both_simulators, simulator_params, three_models
 
-SIMULATORS = [pytest.param(s, marks=pytest.mark.skipif(s not in available_simulators(), reason=f"{s} is not installed "
-                                                       "(scripts/setup.sh installs Icarus Verilog and Verilator)"))
-              for s in ("icarus", "verilator")]
-
+SIMULATORS = simulator_params()
 ORDER = [0, 1, 2, 0]
 
 
