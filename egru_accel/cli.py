@@ -288,26 +288,75 @@ def cmd_sim(args) -> int:
     return 1 if report["mismatches"] else 0
 
 
-def cmd_image(args) -> int:
-    from egru_accel.firmware.image import build_image
-    model = load_model(args.model)
-    params = _core_params(model, args.lanes)
-    blob = build_image(params)
-    out = os.path.abspath(args.out)
+def _load_capacity(args):
+    """The Capacity of ``--build DIR`` (its capacity.json) or ``--capacity FILE``."""
+    from egru_accel.quantize.capacity import Capacity
+    path = os.path.join(args.build, "capacity.json") if args.build else args.capacity
+    if args.build and not os.path.isfile(path):
+        raise UserError(f"{args.build} has no capacity.json: it is not the directory of a capacity build")
+    try:
+        return Capacity.load(path)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _write_file(path: str, blob: bytes):
+    """Write ``blob`` to ``path`` whole or not at all."""
+    out = os.path.abspath(path)
     if os.path.isdir(out):
-        raise UserError(f"{args.out} is a directory; --out names the image file to write")
+        raise UserError(f"{path} is a directory; --out names the file to write")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "wb") as f:
         f.write(blob)
     os.replace(out + ".tmp", out)
+
+
+def cmd_image(args) -> int:
+    model = load_model(args.model)
+    if args.lanes is not None:
+        from egru_accel.firmware.image import build_image
+        blob = build_image(_core_params(model, args.lanes))
+        what = f"for {args.lanes} lanes"
+    else:
+        from egru_accel.firmware.capacity_image import build_capacity_image, capacity_signature
+        from egru_accel.quantize.capacity import place
+        capacity = _load_capacity(args)
+        blob = build_capacity_image(place(model, capacity), capacity)
+        what = f"for the capacity build {capacity_signature(capacity):08x} ({capacity.lanes} lanes)"
+    _write_file(args.out, blob)
     if not args.quiet:
-        print(f"wrote {args.out}: {len(blob)} bytes for {args.lanes} lanes")
+        print(f"wrote {args.out}: {len(blob)} bytes {what}")
+    return 0
+
+
+def cmd_capacity(args) -> int:
+    from egru_accel.quantize.capacity import Capacity
+    models = [load_model(path) for path in args.model]
+    if len({m.formats for m in models}) != 1:
+        raise UserError("the models' number formats differ: one build takes one format")
+    try:
+        capacity = Capacity.covering(models, lanes=args.lanes, structure=args.structure,
+                                     weight_memory=args.weight_memory, readout_macs=args.readout_macs)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise UserError(f"{args.out} is a directory; --out names the file to write")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    capacity.save(out + ".tmp")
+    os.replace(out + ".tmp", out)
+    if not args.quiet:
+        print(f"wrote {args.out}: {capacity.lanes} lanes, {capacity.inputs} inputs, neurons {list(capacity.hidden)}, "
+              f"{capacity.outputs} outputs, {capacity.entries} entries per lane, grids {list(capacity.grids)}")
     return 0
 
 
 def cmd_run(args) -> int:
     import numpy as np
     from egru_accel.firmware.driver import DeviceError, EGRUDevice, SerialTransport
+    from egru_accel.firmware.capacity_image import CAPACITY_VERSION, parse_capacity_image
     from egru_accel.firmware.image import ImageError, parse_image
     from egru_accel.firmware.protocol import ProtocolError
     try:
@@ -316,7 +365,9 @@ def cmd_run(args) -> int:
     except OSError as e:
         raise UserError(f"cannot read image {args.image}: {e.strerror}") from None
     try:
-        image = parse_image(blob)
+        # A core v1 image, or (format version 2) a model placed for a capacity build.
+        image = parse_capacity_image(blob) if blob[4:6] == CAPACITY_VERSION.to_bytes(2, "little") else \
+            parse_image(blob)
     except ImageError as e:
         raise UserError(f"{args.image}: {e}") from None
     try:
@@ -542,13 +593,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("image", help="write the binary model image that a board loads over UART",
-                       description="Write the versioned model image (header, memory sections, CRC32; "
-                                   "see firmware/image.py) for a core of P lanes.")
+                       description="Write the versioned model image (header, memory sections, CRC32) for a "
+                                   "core v1 of P lanes (firmware/image.py), or for a capacity build "
+                                   "(firmware/capacity_image.py): the model placed in the build's memories, or "
+                                   "refused with the capacity it exceeds.")
     p.add_argument("--model", required=True, metavar="M")
-    p.add_argument("--lanes", type=_positive_int, required=True, metavar="P")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--lanes", type=_positive_int, metavar="P", help="core v1 with P lanes")
+    target.add_argument("--build", metavar="DIR", help="the capacity build in DIR (its capacity.json)")
+    target.add_argument("--capacity", metavar="FILE", help="a capacity build's capacity.json")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("capacity", help="write the capacity (capacity.json) of a build that holds given models",
+                       description="Write the smallest capacity of core v2 (inputs, neurons per layer, outputs, "
+                                   "weight entries per lane, longest row, grids, alignments, bias shifts) that "
+                                   "holds every model given, for P lanes.")
+    p.add_argument("--model", required=True, nargs="+", metavar="M", help="quantized models (model.npz)")
+    p.add_argument("--lanes", type=_positive_int, required=True, metavar="P")
+    p.add_argument("--structure", choices=("unstructured", "lane-window"), default="unstructured",
+                   help="how the lanes' entries are packed (default: unstructured)")
+    p.add_argument("--weight-memory", choices=("lanes", "wide"), default="lanes",
+                   help="one weight memory per lane, or one wide memory (lane-window only) (default: lanes)")
+    p.add_argument("--readout-macs", type=_positive_int, default=None, metavar="N",
+                   help="the readout engine's multipliers (default: the readout runs on the lanes)")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_capacity)
 
     p = sub.add_parser("run", help="load an image into a board over UART and stream inputs through it",
                        description="Load IMG into the board on PORT (checked first: a rejected image leaves "
@@ -631,10 +703,11 @@ def main(argv: list[str] | None = None) -> int:
         _fill_train_defaults(args)
     from egru_accel.quantize.egru import StateDictError
     from egru_accel.quantize.model import ModelError
+    from egru_accel.quantize.capacity import CapacityError as BuildCapacityError
     from egru_accel.quantize.packer import CapacityError
     try:
         return args.func(args)
-    except (UserError, ModelError, CapacityError, StateDictError) as e:
+    except (UserError, ModelError, CapacityError, BuildCapacityError, StateDictError) as e:
         if os.environ.get("EGRU_ACCEL_DEBUG"):
             raise
         print(f"egru-accel: error: {e}", file=sys.stderr)

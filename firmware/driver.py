@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .capacity_image import CAPACITY_VERSION, build_capacity_image, parse_capacity_image, parse_capacity_info
 from .protocol import (INFO_FIELDS, INFO_FORMAT, LOAD_CHECK, LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD,
                        RESPONSE_SOF, STATUS_FORMAT, Command, FrameDecoder, ProtocolError, Status, encode_request)
 
@@ -87,6 +88,8 @@ class EGRUDevice:
         self.chunk = chunk
         self.decoder = FrameDecoder(RESPONSE_SOF, max_payload=MAX_RESPONSE_PAYLOAD)
         self._info = None
+        #: A capacity build's loaded model: (inputs, outputs) of the last image this driver loaded.
+        self.model_shape: tuple[int, int] | None = None
 
     def request(self, command: Command, payload: bytes = b"") -> bytes:
         """Send one request; return the response payload or raise :class:`ProtocolError`."""
@@ -108,8 +111,46 @@ class EGRUDevice:
                 raise DeviceError(f"no answer to {command.name} within {self.timeout} s")
 
     def info(self) -> dict:
-        self._info = dict(zip(INFO_FIELDS, INFO_FORMAT.unpack(self.request(Command.INFO))))
+        """The device's description. Core v1: :data:`~firmware.protocol.INFO_FIELDS`. A capacity
+        build (image format version 2): ``signature``, ``image_version``, ``capacity`` (a
+        :class:`~egru_accel.quantize.capacity.Capacity`), and its ``lanes``, ``inputs``,
+        ``outputs`` (the most a model may have) and ``input_bits``."""
+        payload = self.request(Command.INFO)
+        version = struct.unpack_from("<H", payload, 4)[0] if len(payload) >= 6 else None
+        if version == CAPACITY_VERSION:
+            try:
+                cap = parse_capacity_info(payload)
+            except ValueError as e:
+                raise ProtocolError(f"INFO: {e}") from None
+            self._info = {"signature": struct.unpack_from("<I", payload)[0], "image_version": version,
+                          "capacity": cap, "lanes": cap.lanes, "inputs": cap.inputs, "outputs": cap.outputs,
+                          "input_bits": cap.formats.input_bits}
+        else:
+            try:
+                self._info = dict(zip(INFO_FIELDS, INFO_FORMAT.unpack(payload)))
+            except struct.error:
+                raise ProtocolError(f"INFO: a payload of {len(payload)} bytes is not a device description") from None
         return self._info
+
+    def capacity(self):
+        """The device's :class:`~egru_accel.quantize.capacity.Capacity`; ``ProtocolError`` if
+        it is not a capacity build."""
+        info = self._info or self.info()
+        if "capacity" not in info:
+            raise ProtocolError(f"the device (image format version {info['image_version']}) is not a capacity build")
+        return info["capacity"]
+
+    def load_model(self, model, *, progress=None) -> bytes:
+        """Place a quantized model for the device's capacity and load it (:meth:`load`); returns
+        the image sent. A model that does not fit raises
+        :class:`~egru_accel.quantize.capacity.CapacityError`, naming the capacity it exceeds,
+        before a byte is sent: the model on the device keeps answering."""
+        from egru_accel.quantize.capacity import place
+
+        cap = self.capacity()
+        image = build_capacity_image(place(model, cap), cap)
+        self.load(image, progress=progress)
+        return image
 
     def status(self) -> dict:
         busy, model_ok, last_error, steps, cycles, step_cycles = STATUS_FORMAT.unpack(self.request(Command.STATUS))
@@ -135,16 +176,24 @@ class EGRUDevice:
                 if progress:
                     progress(mode, min(len(image), k + self.chunk), len(image))
             self.request(Command.LOAD_END)
+        if image[4:6] == CAPACITY_VERSION.to_bytes(2, "little"):
+            shapes = parse_capacity_image(image)
+            self.model_shape = (shapes.inputs, shapes.outputs)
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        """Steps of layer-0 integer inputs [k, I] -> readout values [k, O] (int64)."""
+        """Steps of layer-0 integer inputs [k, I] -> readout values [k, O] (int64). On a
+        capacity build, ``I`` and ``O`` are the loaded model's (known once this driver loaded
+        it; else ``I`` is the inputs' and ``O`` at most the capacity's)."""
         info = self._info or self.info()
         x = np.asarray(inputs, dtype=np.int64)
-        if x.ndim != 2 or x.shape[1] != info["inputs"]:
-            raise ValueError(f"expected inputs [k, {info['inputs']}], got {list(x.shape)}")
+        inputs_, outputs = info["inputs"], info["outputs"]
+        if "capacity" in info:
+            inputs_, outputs = self.model_shape or (x.shape[-1] if x.ndim == 2 else inputs_, outputs)
+        if x.ndim != 2 or x.shape[1] != inputs_:
+            raise ValueError(f"expected inputs [k, {inputs_}], got {list(x.shape)}")
         nb = (info["input_bits"] + 7) // 8
         # Each RUN frame: at most MAX_PAYLOAD input bytes and MAX_RESPONSE_PAYLOAD output bytes.
-        steps_per_frame = min(MAX_PAYLOAD // (nb * info["inputs"]), MAX_RESPONSE_PAYLOAD // (4 * info["outputs"]))
+        steps_per_frame = min(MAX_PAYLOAD // (nb * inputs_), MAX_RESPONSE_PAYLOAD // (4 * outputs))
         if steps_per_frame == 0:
             raise ValueError(f"one input vector ({nb * info['inputs']} bytes) does not fit a RUN frame "
                              f"({MAX_PAYLOAD} bytes)")

@@ -47,7 +47,7 @@ from .protocol import INFO_FORMAT, Status
 
 __all__ = ["MAGIC", "VERSION", "ImageError", "ModelImage", "Section", "build_image", "parse_image",
            "hardware_signature", "CRC32_RESIDUE", "CHECK_KINDS", "KIND_STATUS", "ImageLayout", "image_layout",
-           "ImageChecker", "check_image", "first_kind", "info_payload"]
+           "ImageChecker", "check_image", "first_kind", "info_payload", "FREE"]
 
 MAGIC = b"EGRU"
 VERSION = 1
@@ -203,13 +203,19 @@ CRC32_RESIDUE = 0xDEBB20E3
 #: sent differ from the announced length (the device's transfer count, not the image);
 #: ``magic``: bytes 0..3 are not ``EGRU`` or the image has fewer than 4 bytes;
 #: ``version``: bytes 4..5; ``crc``: the CRC32 residue over all bytes; ``signature``:
-#: the hardware signature or a shape/format byte of the header; ``section``: the header
-#: length, the section count, a section entry (memory, lane, word bits, a word count
-#: above the memory's depth, a data offset other than the running one), or an image that
-#: ends before or goes past header + data + 4 CRC bytes.
-CHECK_KINDS = ("length", "magic", "version", "crc", "signature", "section")
+#: the hardware signature or a shape/format byte of the header; ``capacity`` (an image of
+#: a capacity build, :mod:`.capacity_image`): a section with more words than its memory, or a
+#: run-time register outside what the build takes; ``section``: the header length, the
+#: section count, a section entry (memory, lane, word bits, a word count above the memory's
+#: depth, a data offset other than the running one), or an image that ends before or goes
+#: past header + data + 4 CRC bytes.
+CHECK_KINDS = ("length", "magic", "version", "crc", "signature", "capacity", "section")
 KIND_STATUS = {"length": Status.IMAGE_LENGTH, "magic": Status.IMAGE_MAGIC, "version": Status.IMAGE_VERSION,
-               "crc": Status.IMAGE_CRC, "signature": Status.IMAGE_SIGNATURE, "section": Status.IMAGE_SECTION}
+               "crc": Status.IMAGE_CRC, "signature": Status.IMAGE_SIGNATURE, "capacity": Status.IMAGE_CAPACITY,
+               "section": Status.IMAGE_SECTION}
+#: A fixed-header byte of this kind is not compared (a capacity image's model shapes: the
+#: device takes them from the run-time registers, which it checks word by word).
+FREE = "free"
 
 
 @dataclass(frozen=True)
@@ -217,13 +223,20 @@ class ImageLayout:
     """What a device built for some parameters expects of an image (bitstream constants).
 
     ``fixed``: bytes 0 .. F-1 (magic up to the section count) exactly as :func:`build_image`
-    writes them; ``fixed_kinds[i]``: the flag a mismatch of byte ``i`` raises;
-    ``header_length``: F + 12 bytes per section; ``sections``: ``(mem, lane, word_bits,
-    depth)`` in image order (lane-major, memories 0..3)."""
+    writes them; ``fixed_kinds[i]``: the flag a mismatch of byte ``i`` raises (:data:`FREE`:
+    none); ``header_length``: F + 12 bytes per section; ``sections``: ``(mem, lane, word_bits,
+    depth)`` in image order (lane-major, memories 0..3 for core v1); ``over_kind``: the flag a
+    section with more words than its depth raises; ``word_limits``: per section index, the
+    ``(low, high)`` each of its words must lie in (a capacity build's run-time registers)."""
     fixed: bytes
     fixed_kinds: tuple[str, ...]
     header_length: int
     sections: tuple[tuple[int, int, int, int], ...]
+    over_kind: str = "section"
+    word_limits: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
+
+    def limits_of(self, section: int) -> tuple[tuple[int, int], ...] | None:
+        return dict(self.word_limits).get(section)
 
     @property
     def max_length(self) -> int:
@@ -287,7 +300,7 @@ class ImageChecker:
         lay = self.layout
         self.crc = zlib.crc32(bytes([byte]), self.crc)
         if self.phase == "fixed":
-            if byte != lay.fixed[self.pos]:
+            if byte != lay.fixed[self.pos] and lay.fixed_kinds[self.pos] != FREE:
                 self.flags.add(lay.fixed_kinds[self.pos])
             self.pos += 1
             if self.pos == len(lay.fixed):
@@ -304,7 +317,7 @@ class ImageChecker:
                 self.flags.add("section")
             if j == 11:
                 if self.n > depth:
-                    self.flags.add("section")
+                    self.flags.add(lay.over_kind)
                 self.counts[self.s] = self.n
                 self.offset += self.n * ((bits + 7) // 8)
                 self.s, self.j = self.s + 1, 0
@@ -318,7 +331,11 @@ class ImageChecker:
             self.word |= byte << 8 * self.b
             self.b += 1
             if self.b == (bits + 7) // 8:
-                write = None if self.flags else (mem, lane, self.w, self.word & ((1 << bits) - 1))
+                word = self.word & ((1 << bits) - 1)
+                limits = lay.limits_of(self.s)
+                if limits is not None and self.w < len(limits) and not limits[self.w][0] <= word <= limits[self.w][1]:
+                    self.flags.add("capacity")     # before the write: an out-of-range word is not written
+                write = None if self.flags else (mem, lane, self.w, word)
                 self.w, self.b, self.word = self.w + 1, 0, 0
                 if self.w == self.counts[self.s]:
                     self.s += 1
@@ -351,8 +368,9 @@ def first_kind(flags) -> str | None:
 
 def check_image(blob: bytes, layout) -> str | None:
     """What a device built for ``layout`` reports for ``blob`` sent whole: ``None`` (OK) or
-    the first of :data:`CHECK_KINDS` that applies (never ``"length"``)."""
-    checker = ImageChecker(image_layout(layout))
+    the first of :data:`CHECK_KINDS` that applies (never ``"length"``). ``layout``: an
+    :class:`ImageLayout`, or what :func:`image_layout` takes."""
+    checker = ImageChecker(layout if isinstance(layout, ImageLayout) else image_layout(layout))
     for byte in bytes(blob):
         checker.feed(byte)
     return first_kind(checker.finish())

@@ -67,6 +67,7 @@ class Status(enum.IntEnum):
     IMAGE_CRC = 0x14          # the image's CRC32 does not match
     IMAGE_LENGTH = 0x15       # more or fewer bytes than LOAD_BEGIN announced
     LOAD_SEQUENCE = 0x16      # LOAD_DATA/LOAD_END without LOAD_BEGIN
+    IMAGE_CAPACITY = 0x17     # the model exceeds a capacity of the build (a section's words, a run-time register)
     NO_MODEL = 0x20           # RUN while no valid model is loaded
 
 

@@ -11,9 +11,12 @@ streams and the EGRU core.
     tx bytes <-- transmitter (0x5A, status, length, payload, CRC16; RUN outputs streamed
                  from core_o as the core produces them, sign-extended to i32)
 
-Its behaviour is byte for byte that of :class:`firmware.reference.ReferenceDevice` (the
-specification; ``tests/test_bridge.py`` compares them): for any request bytes, the same
-response bytes.
+For core v1 its behaviour is byte for byte that of :class:`firmware.reference.ReferenceDevice`
+(the specification; ``tests/test_bridge.py`` compares them): for any request bytes, the same
+response bytes. For a capacity build of core v2 (:meth:`BridgeSpec.for_capacity`, docs/protocol.md
+"Capacity builds") its image check and writes are :class:`firmware.image.ImageChecker`'s
+(``tests/test_capacity_image.py``), and the whole system answers the host driver as the golden
+model does (``tests/test_capacity_system_cocotb.py``).
 
 Design for a small footprint (iCE40 logic cells are scarce):
 
@@ -24,8 +27,10 @@ Design for a small footprint (iCE40 logic cells are scarce):
   response CRC16 and the image CRC32 (never needed at the same time);
 * the image is checked as it streams in (:class:`firmware.image.ImageChecker` is the
   bit-exact model): the expected header bytes and the INFO payload are a small ROM, the
-  per-section word counts a ``4 * lanes`` entry memory, the section-table constants come
-  from the section index. The one wide register is the word being assembled for ``cfg``.
+  per-section word counts a memory of one entry per section, each section's constants
+  (memory, part, word bits, depth) a case of the section index, and a capacity build's
+  run-time register limits a case of the word index. The one wide register is the word
+  being assembled for ``cfg``.
 
 Stage prefixes: ``c_`` CRC engine, ``h_`` request header, ``t_`` transmitter, ``l_`` load,
 ``k_`` image check, ``f_`` RUN input feeder.
@@ -36,106 +41,198 @@ There is no inter-byte timeout: a host that stopped in the middle of a frame mus
 it (the device answers once it has all the bytes it expects) before a fresh frame.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from egru_accel.firmware.image import image_layout, info_payload
+from egru_accel.firmware.capacity_image import capacity_image_layout, capacity_info
+from egru_accel.firmware.image import FREE, ImageLayout, image_layout, info_payload
 from egru_accel.firmware.protocol import (LOAD_WRITE, MAX_IMAGE, MAX_PAYLOAD, MAX_RESPONSE_PAYLOAD, REQUEST_SOF,
                                           RESPONSE_SOF, STATUS_FORMAT, Command, Status)
+from egru_accel.quantize.capacity import Capacity
 from egru_accel.quantize.formats import unsigned_bits_for
 from egru_accel.quantize.memory import LOADABLE
+from egru_accel.quantize.shared_rows import LoadMemory, SharedRowImage
 
 from .construct import checked_construction
-from .core import ConfigSignature, ControlSignature, StatusSignature
+from .core import ControlSignature, StatusSignature
+from .lane import cfg_addr_shape, cfg_data_bits
 from .params import CoreParams
 
-__all__ = ["Bridge"]
+__all__ = ["Bridge", "BridgeSpec", "WriteSignature"]
 
 # Transmitter phases.
 T_SOF, T_STATUS, T_LEN0, T_LEN1, T_PAY, T_CRC0, T_CRC1 = range(7)
 # Image check phases (see firmware.image.ImageChecker).
 K_FIXED, K_TABLE, K_DATA, K_TRAILER, K_END = range(5)
-# ROM codes of the flag a mismatching fixed-header byte raises.
-_KIND_CODE = {"magic": 0, "version": 1, "signature": 2, "section": 3}
+# ROM codes of the flag a mismatching fixed-header byte raises (FREE: none).
+_KIND_CODE = {"magic": 0, "version": 1, "signature": 2, "section": 3, FREE: 4}
 #: Reflected CRC32 polynomial (zlib) and CCITT CRC16 polynomial.
 _CRC32_POLY, _CRC16_POLY = 0xEDB88320, 0x1021
 _CRC32_RESIDUE = 0xDEBB20E3
 
 
+class WriteSignature(wiring.Signature):
+    """The bridge's memory writes: when ``valid`` (and ``ready``, if the core has one),
+    ``data`` goes to word ``addr`` of memory ``mem``, part ``lane`` (a section's memory and
+    part, :class:`~egru_accel.firmware.image.ImageLayout`). Without ``ready`` the bridge writes
+    only while the core's ``busy`` is low (core v1's ``cfg``)."""
+    def __init__(self, *, mem, lane, addr, data: int, ready: bool):
+        members = {"valid": Out(1), "mem": Out(mem), "lane": Out(lane), "addr": Out(addr), "data": Out(data)}
+        if ready:
+            members["ready"] = In(1)
+        super().__init__(members)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BridgeSpec:
+    """What a bridge serves: its INFO payload, what an image must be, RUN's framing and the
+    core's write port (:meth:`for_core` for core v1, :meth:`for_capacity` for a capacity build
+    of core v2).
+
+    ``inputs``/``outputs``: values per RUN step, or at most that many when ``run_shape`` is
+    set: ``(mem, inputs address, outputs address)``, the words of a load that give RUN's sizes
+    (a capacity build's run-time registers), which start as ``reset_shape`` (the model in the
+    bitstream's, or (0, 0)). ``input_bits``: bits of an input value (``ceil(bits / 8)`` bytes
+    each in RUN); ``output_bits``: of an output (sent as i32). ``model_at_reset``: the
+    bitstream holds a model (else RUN answers NO_MODEL until a load succeeds).
+    ``write``: the :class:`WriteSignature` of the core's write port."""
+    info: bytes
+    image: ImageLayout
+    input_bits: int
+    output_bits: int
+    inputs: int
+    outputs: int
+    model_at_reset: bool
+    write: WriteSignature
+    run_shape: tuple[int, int, int] | None = None
+    reset_shape: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def for_core(cls, params: CoreParams) -> "BridgeSpec":
+        """The bridge of an :class:`~hw.core.EGRUCore` built from ``params`` (its ``cfg``)."""
+        lay = params.layout
+        return cls(info=info_payload(lay), image=image_layout(lay), input_bits=lay.formats.input_bits,
+                   output_bits=lay.readout_bits, inputs=lay.input_size, outputs=lay.outputs,
+                   model_at_reset=params.config.model_at_reset,
+                   write=WriteSignature(mem=range(len(LOADABLE)), lane=range(max(2, params.lanes)),
+                                        addr=cfg_addr_shape(lay), data=cfg_data_bits(lay), ready=False))
+
+    @classmethod
+    def for_capacity(cls, capacity: Capacity, *, at_reset: SharedRowImage | None = None,
+                     output_bits: int = 32) -> "BridgeSpec":
+        """The bridge of a core v2 built for ``capacity`` (its ``load`` port through
+        :class:`~hw.capacity_system.LoadAdapter`); ``at_reset``: the placed model its memories
+        start with (``None``: none)."""
+        if not isinstance(capacity, Capacity):
+            raise TypeError(f"capacity must be a Capacity, not {type(capacity).__name__}")
+        image = capacity_image_layout(capacity)
+        names = capacity.layout.param_names()
+        widest = max(bits for _, _, bits, _ in image.sections)
+        deepest = max(depth for _, _, _, depth in image.sections)
+        reset = (0, 0) if at_reset is None else (at_reset.input_size, at_reset.outputs)
+        return cls(info=capacity_info(capacity), image=image, input_bits=capacity.formats.input_bits,
+                   output_bits=output_bits, inputs=capacity.inputs, outputs=capacity.outputs,
+                   model_at_reset=at_reset is not None,
+                   write=WriteSignature(mem=range(len(LoadMemory)), lane=range(max(2, capacity.lanes)),
+                                        addr=range(max(2, deepest)), data=widest, ready=True),
+                   run_shape=(int(LoadMemory.PARAMS), names.index("inputs"), names.index("outputs")),
+                   reset_shape=reset)
+
+
 class Bridge(wiring.Component):
-    """Protocol bridge between UART byte streams and an :class:`~hw.core.EGRUCore`.
+    """Protocol bridge between UART byte streams and a core.
 
     Args:
-        params: The core's parameters: shapes and formats (the INFO payload, RUN framing)
-            and what a model image must match (:func:`~egru_accel.firmware.image.image_layout`).
-            ``params.config.model_at_reset``: ``True`` when the bitstream initialises the
-            core's memories with a model (block RAM); ``False`` when it cannot (iCE40 SPRAM
-            weights): then RUN answers NO_MODEL until a load succeeds.
+        params: What the bridge serves (:class:`BridgeSpec`), or core v1's parameters
+            (:class:`~hw.params.CoreParams`, for :meth:`BridgeSpec.for_core`): the INFO payload,
+            RUN framing and what a model image must match. A spec's ``model_at_reset``:
+            ``True`` when the bitstream initialises the core's memories with a model (block
+            RAM); ``False`` when it cannot (iCE40 SPRAM weights): then RUN answers NO_MODEL
+            until a load succeeds. With ``run_shape`` (a capacity build), RUN's sizes are the
+            loaded model's, and RUN without a model answers NO_MODEL whatever its length.
 
     Members:
         rx: request bytes (from :class:`~hw.uart.UARTRx`).
         tx: response bytes (to :class:`~hw.uart.UARTTx`).
         core_i, core_o, core_ctl, core_status, core_cfg: to and from the core's ``i``,
-            ``o``, ``ctl``, ``status`` and ``cfg``.
+            ``o``, ``ctl``, ``status`` and ``cfg`` (its memory writes, :class:`WriteSignature`).
         model_ok: a valid model is loaded (RUN allowed).
         loading: a load is in progress (between LOAD_BEGIN and LOAD_END).
         error: the last response's status was not OK.
     """
 
-    def __init__(self, params: CoreParams):
+    def __init__(self, params: BridgeSpec | CoreParams):
         with checked_construction(self):
-            self._check(params)
+            spec = self._check(params)
         self.params = params
-        self.model_at_reset = model_at_reset = params.config.model_at_reset
+        self.spec = spec
+        self.model_at_reset = model_at_reset = spec.model_at_reset
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
-            "core_i": Out(stream.Signature(signed(params.formats.input_bits))),
-            "core_o": In(stream.Signature(signed(params.layout.readout_bits))),
+            "core_i": Out(stream.Signature(signed(spec.input_bits))),
+            "core_o": In(stream.Signature(signed(spec.output_bits))),
             "core_ctl": Out(ControlSignature()),
             "core_status": In(StatusSignature()),
-            "core_cfg": Out(ConfigSignature(params)),
+            "core_cfg": Out(spec.write),
             "model_ok": Out(1, init=int(model_at_reset)),
             "loading": Out(1),
             "error": Out(1),
         })
 
     @staticmethod
-    def _check(params):
-        if not isinstance(params, CoreParams):
-            raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
-        lay = params.layout
-        nb = (params.formats.input_bits + 7) // 8
-        if lay.input_size * nb > MAX_PAYLOAD:
-            raise ValueError(f"one input vector takes {lay.input_size * nb} bytes, more than a request "
+    def _check(params) -> BridgeSpec:
+        if isinstance(params, CoreParams):
+            spec = BridgeSpec.for_core(params)
+        elif isinstance(params, BridgeSpec):
+            spec = params
+        else:
+            raise TypeError(f"params must be CoreParams or a BridgeSpec, not {type(params).__name__}")
+        nb = (spec.input_bits + 7) // 8
+        if spec.inputs * nb > MAX_PAYLOAD:
+            raise ValueError(f"one input vector takes {spec.inputs * nb} bytes, more than a request "
                              f"payload ({MAX_PAYLOAD} bytes): RUN could never be sent")
-        if lay.outputs * 4 > MAX_RESPONSE_PAYLOAD:
-            raise ValueError(f"one step's outputs take {lay.outputs * 4} bytes, more than a response "
+        if spec.outputs * 4 > MAX_RESPONSE_PAYLOAD:
+            raise ValueError(f"one step's outputs take {spec.outputs * 4} bytes, more than a response "
                              f"payload ({MAX_RESPONSE_PAYLOAD} bytes)")
+        if spec.output_bits > 32:
+            raise ValueError(f"outputs of {spec.output_bits} bits do not fit RUN's i32")
+        return spec
 
     def elaborate(self, platform):
         m = Module()
-        p = self.params.layout
-        layout = image_layout(p)
-        info = info_payload(p)
-        S = len(layout.sections)                      # the loadable memories of every lane
+        spec = self.spec
+        layout = spec.image
+        info = spec.info
+        S = len(layout.sections)                      # the loadable memories
         F = len(layout.fixed)
-        nmem = len(LOADABLE)
-        # Section s is memory s % nmem of lane s // nmem: with 4 memories, its low 2 bits.
-        assert nmem == 4 and list(LOADABLE) == list(range(nmem))
-        mem_bits = [p.word(m_).width for m_ in LOADABLE]
-        mem_bytes = [p.word(m_).bytes for m_ in LOADABLE]
-        mem_depth = [p.depth(m_) for m_ in LOADABLE]
+        mem_bits = [bits for _, _, bits, _ in layout.sections]
+        mem_bytes = [(bits + 7) // 8 for bits in mem_bits]
+        mem_depth = [depth for _, _, _, depth in layout.sections]
         W = unsigned_bits_for(max(mem_depth))          # word counts and word addresses
         B = unsigned_bits_for(layout.max_length)       # image offsets
         max_bytes = max(mem_bytes)
-        input_bits = p.formats.input_bits
+        input_bits = spec.input_bits
         nb = (input_bits + 7) // 8
-        elem_bytes = p.input_size * nb                 # request bytes per RUN step
-        out_bytes = p.outputs * 4                      # response bytes per RUN step
-        may_overflow = (MAX_PAYLOAD // elem_bytes) * out_bytes > MAX_RESPONSE_PAYLOAD
+        max_elem_bytes = spec.inputs * nb              # request bytes per RUN step (at most)
+        variable = spec.run_shape is not None
+        # RUN's sizes: constants, or (a capacity build) the loaded model's run-time registers.
+        if variable:
+            run_inputs = Signal(range(spec.inputs + 1), init=spec.reset_shape[0])
+            run_outputs = Signal(range(spec.outputs + 1), init=spec.reset_shape[1])
+            elem_last = Signal(range(max_elem_bytes))
+            out_bytes = Signal(range(4 * spec.outputs + 1))
+            m.d.comb += [elem_last.eq(run_inputs * nb - 1), out_bytes.eq(run_outputs * 4)]
+        else:
+            elem_last, out_bytes = max_elem_bytes - 1, spec.outputs * 4
+        may_overflow = (MAX_PAYLOAD // nb) * 4 * spec.outputs > MAX_RESPONSE_PAYLOAD if variable else \
+            (MAX_PAYLOAD // max_elem_bytes) * out_bytes > MAX_RESPONSE_PAYLOAD
 
         rx, tx = self.rx, self.tx
         busy = self.core_status.busy
@@ -152,7 +249,7 @@ class Bridge(wiring.Component):
         hdr_base = 1 << len(info).bit_length()
         rom_init = [0] + list(reversed(info)) + [0] * (hdr_base - len(info) - 1)
         rom_init += [b | _KIND_CODE[k] << 8 for b, k in zip(layout.fixed, layout.fixed_kinds)]
-        m.submodules.rom = rom = Memory(shape=10, depth=len(rom_init), init=rom_init,
+        m.submodules.rom = rom = Memory(shape=11, depth=len(rom_init), init=rom_init,
                                         attrs={"ram_style": "logic", "rom_style": "logic"})
         rom_r = rom.read_port()
         # Word count of each section, from the section table (in logic too, for the same reason).
@@ -197,7 +294,7 @@ class Bridge(wiring.Component):
         p_len = Signal(range(MAX_PAYLOAD + 1))      # payload bytes of the request
         h_idx = Signal(2)                           # header / CRC byte counter
         h_crc_lo_ok = Signal()
-        h_elem = Signal(range(max(2, elem_bytes)))  # byte within a RUN input vector
+        h_elem = Signal(range(max(2, max_elem_bytes)))  # byte within a RUN input vector
         # Buffer index: receiver write address, then the execution's read address. The buffer's
         # read data belongs to `idx` unless idx changed in the previous cycle (`rd_wait`).
         idx = Signal(range(MAX_PAYLOAD + 1))
@@ -234,8 +331,8 @@ class Bridge(wiring.Component):
         assert MAX_IMAGE == (1 << len(l_rem)) - 1
         k_phase = Signal(range(5))
         k_pos = Signal(range(F + 1))
-        k_magic, k_version, k_sig, k_section = (Signal(name=f"k_flag_{n}")
-                                                for n in ("magic", "version", "signature", "section"))
+        k_magic, k_version, k_sig, k_section, k_capacity = (
+            Signal(name=f"k_flag_{n}") for n in ("magic", "version", "signature", "section", "capacity"))
         k_s = Signal(range(S + 1))   # section
         k_j = Signal(range(12))      # byte of the section entry; trailer byte
         k_n = Signal(W)              # the entry's word count
@@ -244,15 +341,25 @@ class Bridge(wiring.Component):
         k_w = Signal(W)              # word of the section
         k_b = Signal(range(max(2, max_bytes)))  # byte of the word
         k_word = Signal(max(mem_bits))
-        k_mem, k_lane = k_s[:2], k_s[2:]
         no_flags = Signal()
-        m.d.comb += no_flags.eq(~(k_magic | k_version | k_sig | k_section))
-        # This section's memory constants.
+        m.d.comb += no_flags.eq(~(k_magic | k_version | k_sig | k_section | k_capacity))
+        # This section's constants.
+        k_mem, k_lane = Signal.like(self.core_cfg.mem), Signal.like(self.core_cfg.lane)
         s_bits, s_bytes, s_depth = Signal(16), Signal(range(max_bytes + 1)), Signal(W)
-        with m.Switch(k_mem):
-            for k in range(nmem):
+        with m.Switch(k_s):
+            for k, (mem, lane, bits, depth) in enumerate(layout.sections):
                 with m.Case(k):
-                    m.d.comb += [s_bits.eq(mem_bits[k]), s_bytes.eq(mem_bytes[k]), s_depth.eq(mem_depth[k])]
+                    m.d.comb += [k_mem.eq(mem), k_lane.eq(lane), s_bits.eq(bits), s_bytes.eq(mem_bytes[k]),
+                                 s_depth.eq(depth)]
+        over_flag = k_capacity if layout.over_kind == "capacity" else k_section
+        # A word of a section with limits (a capacity build's run-time registers) outside them.
+        k_word_bad = Signal()
+        for sec, limits in layout.word_limits:
+            with m.If(k_s == sec):
+                with m.Switch(k_w):
+                    for a, (lo, hi) in enumerate(limits):
+                        with m.Case(a):
+                            m.d.comb += k_word_bad.eq((k_word < lo) | (k_word > hi))
         hdr_addr = Cat(k_pos, Const(1, 1)) if F <= hdr_base and hdr_base == 1 << len(k_pos) else hdr_base + k_pos
         m.d.comb += [cnt_r.addr.eq(k_s), cnt_w.addr.eq(k_s), cnt_w.data.eq(k_n),
                      rom_r.addr.eq(Mux(cmd == Command.INFO, t_len, hdr_addr))]
@@ -270,7 +377,8 @@ class Bridge(wiring.Component):
                         with m.Switch(rom_r.data[8:]):
                             for kind, code in _KIND_CODE.items():
                                 with m.Case(code):
-                                    m.d.sync += flag_of[kind].eq(1)
+                                    if kind != FREE:
+                                        m.d.sync += flag_of[kind].eq(1)
                     m.d.sync += k_pos.eq(k_pos + 1)
                     with m.If(k_pos == F - 1):
                         m.d.sync += [k_phase.eq(K_TABLE), k_s.eq(0), k_j.eq(0)]
@@ -301,15 +409,17 @@ class Bridge(wiring.Component):
                         m.d.comb += cnt_w.en.eq(1)
                         m.d.sync += [k_j.eq(0), k_mul.eq(s_bytes)]
                         with m.If(k_n > s_depth):
-                            m.d.sync += k_section.eq(1)
+                            m.d.sync += over_flag.eq(1)
                         m.next = "LD_MUL"
                     with m.If(bad):
                         m.d.sync += k_section.eq(1)
                 with m.Case(K_DATA):
+                    # A word's first byte clears the rest: a narrower section's word has no bytes
+                    # of the wider one before it (its limits compare, the write's data).
                     with m.Switch(k_b):
                         for q in range(max_bytes):
                             with m.Case(q):
-                                m.d.sync += k_word[8 * q:8 * q + 8].eq(rdata)
+                                m.d.sync += k_word[8 * q:].eq(rdata) if q == 0 else k_word[8 * q:8 * q + 8].eq(rdata)
                     with m.If(k_b == s_bytes - 1):
                         m.d.sync += k_b.eq(0)
                         m.next = "LD_WORD"
@@ -380,7 +490,7 @@ class Bridge(wiring.Component):
                         m.next = "FCS"
                     # RUN: count whole input vectors, and the response length they give.
                     m.d.comb += t_step.eq(out_bytes)
-                    with m.If(h_elem == elem_bytes - 1):
+                    with m.If(h_elem == elem_last):
                         m.d.sync += [h_elem.eq(0), t_len.eq(t_step_sum)]
                         if may_overflow:
                             m.d.sync += t_over.eq(t_over | t_step_sum[16])
@@ -421,7 +531,11 @@ class Bridge(wiring.Component):
                         with m.Else():
                             m.next = "LE"
                     with m.Case(Command.RUN):
-                        with m.If((p_len == 0) | (h_elem != 0) | t_over):
+                        # A capacity build's RUN sizes are the loaded model's: none without one.
+                        no_model_first = ~self.model_ok if variable else Const(0)
+                        with m.If(no_model_first):
+                            respond(Status.NO_MODEL)
+                        with m.Elif((p_len == 0) | (h_elem != 0) | t_over):
                             respond(Status.BAD_LENGTH)
                         with m.Elif(~self.model_ok):
                             respond(Status.NO_MODEL)
@@ -459,7 +573,7 @@ class Bridge(wiring.Component):
                     respond(Status.IMAGE_LENGTH)
                 with m.Else():
                     m.d.sync += [self.loading.eq(1), crc32.eq(0xFFFFFFFF), k_phase.eq(K_FIXED), k_pos.eq(0),
-                                 k_magic.eq(0), k_version.eq(0), k_sig.eq(0), k_section.eq(0),
+                                 k_magic.eq(0), k_version.eq(0), k_sig.eq(0), k_section.eq(0), k_capacity.eq(0),
                                  k_s.eq(0), k_j.eq(0), k_off.eq(layout.header_length)]
                     with m.If(l_mode):
                         m.d.sync += self.model_ok.eq(0)    # the memories are about to be overwritten
@@ -505,11 +619,21 @@ class Bridge(wiring.Component):
                     m.d.sync += [k_phase.eq(K_DATA), k_w.eq(0), k_b.eq(0)]
                     m.next = "LD_BYTE"
 
-            # A complete word: write it (write mode, no flag so far) once the core is idle.
+            # A complete word: write it (write mode, no flag so far, the word within its limits)
+            # once the core takes it (ready, or idle).
             with m.State("LD_WORD"):
-                write = l_mode & no_flags
-                with m.If(~write | ~busy):
+                write = l_mode & no_flags & ~k_word_bad
+                taken = self.core_cfg.ready if "ready" in spec.write.members else ~busy
+                with m.If(k_word_bad):
+                    m.d.sync += k_capacity.eq(1)
+                with m.If(~write | taken):
                     m.d.comb += self.core_cfg.valid.eq(write)
+                    if variable:
+                        run_mem, at_inputs, at_outputs = spec.run_shape
+                        with m.If(write & (k_mem == run_mem) & (k_w == at_inputs)):
+                            m.d.sync += run_inputs.eq(k_word)
+                        with m.If(write & (k_mem == run_mem) & (k_w == at_outputs)):
+                            m.d.sync += run_outputs.eq(k_word)
                     with m.If(k_w + 1 == cnt_r.data):
                         m.d.sync += k_s.eq(k_s + 1)
                         m.next = "LD_SKIP"
@@ -529,6 +653,8 @@ class Bridge(wiring.Component):
                     m.d.comb += status.eq(Status.IMAGE_CRC)
                 with m.Elif(k_sig):
                     m.d.comb += status.eq(Status.IMAGE_SIGNATURE)
+                with m.Elif(k_capacity):
+                    m.d.comb += status.eq(Status.IMAGE_CAPACITY)
                 with m.Elif(k_section | (k_phase != K_END)):
                     m.d.comb += status.eq(Status.IMAGE_SECTION)
                 with m.Else():

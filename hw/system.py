@@ -23,7 +23,7 @@ from .core import EGRUCore
 from .params import CoreParams
 from .uart import UARTRx, UARTTx, check_divisor
 
-__all__ = ["EGRUSystem", "MAX_BAUD_ERROR", "ACTIVITY_HOLD_S", "ACTIVITY_PRESCALE", "uart_divisor"]
+__all__ = ["EGRUSystem", "activity_led", "MAX_BAUD_ERROR", "ACTIVITY_HOLD_S", "ACTIVITY_PRESCALE", "uart_divisor"]
 
 #: Largest relative difference between the requested and the generated baud rate. An 8N1
 #: receiver sampling mid-bit tolerates about 5% between both ends; 2% leaves the host its share.
@@ -52,6 +52,29 @@ def uart_divisor(clk_hz, baud) -> int:
         raise ValueError(f"clk_hz {clk_hz:g} Hz with {divisor} clock cycles per bit gives {actual:.1f} baud, "
                          f"{error:.2%} off the requested {baud:g} (at most {MAX_BAUD_ERROR:.0%})")
     return divisor
+
+
+def activity_led(m: Module, *, clk_hz, uart_rx: UARTRx, uart_tx: UARTTx) -> Signal:
+    """A signal high within :data:`ACTIVITY_HOLD_S` seconds after a byte moved on the UART."""
+    # A retriggered countdown of ACTIVITY_HOLD_S, reloaded by every byte in either direction.
+    # It counts prescaler ticks (every ACTIVITY_PRESCALE cycles) so that the countdown is a
+    # short counter: a 20-bit reloadable countdown was the longest path on the iCE40.
+    prescale = Signal(range(ACTIVITY_PRESCALE))
+    tick = Signal()
+    m.d.sync += [prescale.eq(prescale + 1), tick.eq(prescale == ACTIVITY_PRESCALE - 1)]
+    hold = max(1, math.ceil(ACTIVITY_HOLD_S * clk_hz / ACTIVITY_PRESCALE))
+    act_count = Signal(range(hold + 1))
+    act_byte = Signal()
+    # Registered: the transmit handshake is the end of the bridge's response logic, and
+    # an LED does not need it in the same cycle.
+    m.d.sync += act_byte.eq((uart_rx.o.valid & uart_rx.o.ready) | (uart_tx.i.valid & uart_tx.i.ready))
+    with m.If(act_byte):
+        m.d.sync += act_count.eq(hold)
+    with m.Elif(tick & (act_count != 0)):
+        m.d.sync += act_count.eq(act_count - 1)
+    active = Signal()
+    m.d.comb += active.eq(act_count != 0)
+    return active
 
 
 class EGRUSystem(wiring.Component):
@@ -111,26 +134,10 @@ class EGRUSystem(wiring.Component):
         wiring.connect(m, core.status, bridge.core_status)
         wiring.connect(m, bridge.core_cfg, core.cfg)
 
-        # Activity: a retriggered countdown of ACTIVITY_HOLD_S, reloaded by every byte in either
-        # direction. It counts prescaler ticks (every ACTIVITY_PRESCALE cycles) so that the countdown is a
-        # short counter: a 20-bit reloadable countdown was the longest path on the iCE40.
-        prescale = Signal(range(ACTIVITY_PRESCALE))
-        tick = Signal()
-        m.d.sync += [prescale.eq(prescale + 1), tick.eq(prescale == ACTIVITY_PRESCALE - 1)]
-        hold = max(1, math.ceil(ACTIVITY_HOLD_S * self.clk_hz / ACTIVITY_PRESCALE))
-        act_count = Signal(range(hold + 1))
-        act_byte = Signal()
-        # Registered: the transmit handshake is the end of the bridge's response logic, and
-        # an LED does not need it in the same cycle.
-        m.d.sync += act_byte.eq((uart_rx.o.valid & uart_rx.o.ready) | (uart_tx.i.valid & uart_tx.i.ready))
-        with m.If(act_byte):
-            m.d.sync += act_count.eq(hold)
-        with m.Elif(tick & (act_count != 0)):
-            m.d.sync += act_count.eq(act_count - 1)
-
+        activity = activity_led(m, clk_hz=self.clk_hz, uart_rx=uart_rx, uart_tx=uart_tx)
         m.d.comb += [
             self.leds[0].eq(bridge.model_ok),
-            self.leds[1].eq(core.status.busy | bridge.loading | (act_count != 0)),
+            self.leds[1].eq(core.status.busy | bridge.loading | activity),
             self.leds[2].eq(bridge.error),
         ]
         return m

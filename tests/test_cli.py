@@ -247,3 +247,40 @@ def test_train_lane_window_with_4_bit_weights(tmp_path, capsys):
     # may zero a kept weight, so the quantized model need not show it exactly.)
     r = json.loads((tmp_path / "o" / "report.json").read_text())
     assert r["config"]["weight_bits"] == 4 and r["config"]["structure"] == "lane-window"
+
+
+def test_capacity_and_images_for_a_capacity_build(random_model_file, tmp_path, capsys):
+    """``capacity`` sizes a build for models; ``image --build DIR`` places a model for the
+    build's capacity.json, or refuses it (exit 2, nothing written) naming the capacity."""
+    from egru_accel.firmware.capacity_image import parse_capacity_image
+    from egru_accel.quantize.capacity import Capacity
+    small = tmp_path / "small.npz"
+    assert main(["random-model", "--inputs", "4", "--hidden", "8", "--weight-sparsity", "0.5", "--seed", "3",
+                 "--out", str(small), "--quiet"]) == 0
+    build = tmp_path / "build"
+    code, out, err = run(["capacity", "--model", str(random_model_file), str(small), "--lanes", "2",
+                          "--out", str(build / "capacity.json")], capsys)
+    assert code == 0, err
+    cap = Capacity.load(build / "capacity.json")
+    assert (cap.lanes, cap.inputs, cap.hidden) == (2, 5, (12, 12)) and "2 lanes, 5 inputs" in out
+    code, out, err = run(["image", "--model", str(small), "--build", str(build), "--out", str(tmp_path / "s.img")],
+                         capsys)
+    assert code == 0, err
+    parsed = parse_capacity_image((tmp_path / "s.img").read_bytes())
+    assert (parsed.layers, parsed.inputs, parsed.hidden) == (1, 4, (8,))
+    big = tmp_path / "big.npz"
+    assert main(["random-model", "--inputs", "5", "--hidden", "16", "--out", str(big), "--quiet"]) == 0
+    code, _, err = run(["image", "--model", str(big), "--build", str(build), "--out", str(tmp_path / "b.img")],
+                       capsys)
+    assert code == 2 and err.strip() == "egru-accel: error: layer 0's 16 neurons exceed the build's capacity of 12"
+    assert not (tmp_path / "b.img").exists()
+    code, _, err = run(["image", "--model", str(small), "--build", str(tmp_path), "--out", str(tmp_path / "c.img")],
+                       capsys)
+    assert code == 2 and "has no capacity.json" in err and not (tmp_path / "c.img").exists()
+    (tmp_path / "bad.json").write_text('{"version": 1, "lanes": 2}')
+    code, _, err = run(["image", "--model", str(small), "--capacity", str(tmp_path / "bad.json"),
+                        "--out", str(tmp_path / "c.img")], capsys)
+    assert code == 2 and "capacity keys" in err and "Traceback" not in err
+    code, _, err = run(["image", "--model", str(small), "--lanes", "2", "--build", str(build),
+                        "--out", str(tmp_path / "c.img")], capsys)
+    assert code == 2 and "not allowed with argument" in err
