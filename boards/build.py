@@ -365,35 +365,55 @@ class Prepared:
         self.__dict__.update(kw)
 
 
-def prepare(board, model, *, lanes=None, freq_mhz=None, progress=lambda line: None) -> Prepared:
+def prepare(board, model, *, lanes=None, freq_mhz=None, progress=lambda line: None, capacity=None) -> Prepared:
     """Check the arguments, choose the lanes, elaborate the board top level and let the platform
     write the build plan (with the board's memory policy applied to the RTLIL).
 
-    Returns a :class:`Prepared` with ``board``, ``lanes``, ``params``, ``top``, ``plan``,
-    ``name`` (the design's file stem), ``policy_changed`` and ``seconds`` (elaboration time).
+    ``capacity``: build core v2 for this :class:`~egru_accel.quantize.capacity.Capacity`
+    (``model`` and ``lanes`` then ``None``: the capacity has its lanes) in the board's
+    configuration (:func:`boards.top.capacity_config`).
+
+    Returns a :class:`Prepared` with ``board``, ``lanes``, ``params`` (CoreParams, or the
+    CapacityDesign), ``top``, ``plan``, ``name`` (the design's file stem), ``policy_changed``
+    and ``seconds`` (elaboration time).
     """
+    from egru_accel.hw.capacity_system import CapacityDesign
     from egru_accel.hw.params import CoreParams
+    from egru_accel.quantize.capacity import Capacity
     from egru_accel.quantize.packer import CapacityError
     from .fit import default_lanes
-    from .top import BoardTop
+    from .top import BoardTop, capacity_config
 
     try:
         board = get_board(board)
     except ValueError as e:
         raise BuildError(str(e)) from None
-    model = _load_model(model)
+    if capacity is not None:
+        if not isinstance(capacity, Capacity):
+            raise TypeError(f"capacity must be a Capacity, not {type(capacity).__name__}")
+        if model is not None or lanes is not None:
+            raise BuildError("a capacity build takes its lanes and shapes from the capacity, not a model or lanes")
+    else:
+        model = _load_model(model)
     if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1):
         raise BuildError(f"lanes must be a positive integer, not {lanes!r}")
     if freq_mhz is not None and (isinstance(freq_mhz, bool) or not isinstance(freq_mhz, (int, float))
                                  or not freq_mhz > 0):
         raise BuildError(f"the frequency must be a positive number of MHz, not {freq_mhz!r}")
-    if lanes is None:
-        progress(f"[fit] choosing the lane count for the {board.name}")
-        lanes = default_lanes(board, model)
-    try:
-        params = CoreParams.from_model(model, lanes=lanes)
-    except (ValueError, CapacityError) as e:
-        raise BuildError(f"{lanes} lanes: {e}") from None
+    if capacity is not None:
+        lanes = capacity.lanes
+        try:
+            params = CapacityDesign(capacity, capacity_config(board, capacity))
+        except ValueError as e:
+            raise BuildError(f"{board.name}: {e}") from None
+    else:
+        if lanes is None:
+            progress(f"[fit] choosing the lane count for the {board.name}")
+            lanes = default_lanes(board, model)
+        try:
+            params = CoreParams.from_model(model, lanes=lanes)
+        except (ValueError, CapacityError) as e:
+            raise BuildError(f"{lanes} lanes: {e}") from None
     try:
         top = BoardTop(board, params, freq_mhz=freq_mhz)
     except PLLError as e:
@@ -496,8 +516,10 @@ def _fit_error_from_log(text: str, board, lanes: int) -> FitError | None:
 
 
 def build(board: str, model, out_dir, *, lanes: int | None = None, freq_mhz: float | None = None,
-          progress=None, options: BuildOptions | None = None) -> dict:
-    """Build the accelerator for ``model`` (a QuantModel or a model.npz path) on ``board``.
+          progress=None, options: BuildOptions | None = None, capacity=None) -> dict:
+    """Build the accelerator for ``model`` (a QuantModel or a model.npz path) on ``board``, or
+    with ``capacity`` (``model`` ``None``) a capacity build of core v2, which any model that
+    fits the capacity loads into (``out_dir/capacity.json`` is its capacity).
 
     Args:
         board: One of :data:`boards.boards.BOARDS` ("icebreaker", "ulx3s-85f", "ulx3s-25f").
@@ -524,19 +546,22 @@ def build(board: str, model, out_dir, *, lanes: int | None = None, freq_mhz: flo
         options = BuildOptions()
     elif not isinstance(options, BuildOptions):
         raise TypeError(f"options must be BuildOptions, not {type(options).__name__}")
-    prep = prepare(board, model, lanes=lanes, freq_mhz=freq_mhz, progress=progress)
+    prep = prepare(board, model, lanes=lanes, freq_mhz=freq_mhz, progress=progress, capacity=capacity)
     board, lanes, params, top, plan, name = prep.board, prep.lanes, prep.params, prep.top, prep.plan, prep.name
     options = options.for_board(board)
     plan_clock, policy_changed = top.clock, prep.policy_changed
     f_mhz = float(plan_clock.f_mhz)
     deadline = t_start + 60 * options.timeout_min
+    core = "v1" if capacity is None else "v2"
 
     # Fit check on the design as it will be synthesised, before any tool runs.
-    fit = estimate(board, design_inventory(plan.files[f"{name}.il"]), lanes)
-    fit.raise_if_short(f"the model with {lanes} lane{'s' if lanes != 1 else ''}")
+    fit = estimate(board, design_inventory(plan.files[f"{name}.il"]), lanes, core=core)
+    fit.raise_if_short(f"the {'model' if capacity is None else 'capacity'} with {lanes} lane{'s' if lanes != 1 else ''}")
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(out_dir, exist_ok=True)
+    if capacity is not None:
+        capacity.save(os.path.join(out_dir, "capacity.json"))
     key = _cache_key(plan, board, options, f_mhz)
     if options.cache:
         report = _from_cache(key, out_dir, progress)
@@ -674,14 +699,15 @@ def build(board: str, model, out_dir, *, lanes: int | None = None, freq_mhz: flo
                   for r in results.values()],
         "seed_kept": kept["seed"],
         "fmax_over_seeds_mhz": {"min": min(fmaxes), "median": statistics.median(fmaxes), "max": max(fmaxes)},
-        "config": top.params.config.to_dict(),
+        "config": top.params.config.to_dict() if capacity is None else dataclasses.asdict(top.params.config),
         "memories_style_released": policy_changed,
         "bitstream": bitstream,
         "seconds": {**seconds, "total": round(time.monotonic() - t_start, 1)},
         "cache": {"key": key, "hit": False},
         "tools": _versions(),
-        "core": {k: v for k, v in params.summary().items() if k in ("inputs", "hidden", "outputs", "lanes")},
-        "memory_bits": params.layout.memory_bits(),
+        "core": ({k: v for k, v in params.summary().items() if k in ("inputs", "hidden", "outputs", "lanes")}
+                 if capacity is None else {"version": 2, "capacity": capacity.to_dict()}),
+        "memory_bits": params.layout.memory_bits() if capacity is None else None,
     }
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -7,6 +7,10 @@ counts per design), is stored per lane count; :func:`boards.fit.estimate` interp
 between the points and extends the last segment.
 
     python -m boards.calibrate --model runs/digits/model.npz --lanes 1 2 4 --family ice40
+
+``--core v2`` measures capacity builds of core v2 instead (stored as ``{family}_v2``): at each
+lane count, the capacity that holds the model (:func:`capacity_for`) in the board's
+configuration (:func:`boards.top.capacity_config`).
 """
 
 import argparse
@@ -16,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from .build import _run_tool, _script_commands, prepare, write_plan
+from .build import BuildError, _Job, _script_commands, prepare, write_plan
 from .fit import BASELINES, design_inventory, estimate
 from .nextpnr import parse_nextpnr_log
 
@@ -26,10 +30,30 @@ __all__ = ["measure", "main"]
 FAMILY_BOARDS = {"ice40": "icebreaker", "ecp5": "ulx3s-85f"}
 
 
-def measure(family: str, model_path: str, lanes: int, work_dir: str) -> dict:
-    """Synthesise and pack the ``family`` board top level for ``model_path`` at ``lanes``;
-    return ``{"lanes", "logic", "lutram", "cells"}`` (logic cells or LUT4s without distributed RAM)."""
-    prep = prepare(FAMILY_BOARDS[family], model_path, lanes=lanes)
+#: The readout engine's multipliers of an ECP5 capacity build (docs/core-v2.md, "Choices per board").
+ECP5_READOUT_MACS = 4
+
+
+def capacity_for(family: str, model, lanes: int):
+    """The capacity a ``family`` board's capacity build of ``lanes`` lanes has for ``model``:
+    on the iCE40 lane-window packing in one wide weight memory (SPRAM), on the ECP5 per-lane
+    weight memories and a readout engine of :data:`ECP5_READOUT_MACS` multipliers."""
+    from egru_accel.quantize.capacity import Capacity
+    if family == "ice40":
+        return Capacity.covering([model], lanes=lanes, structure="lane-window", weight_memory="wide")
+    return Capacity.covering([model], lanes=lanes, readout_macs=ECP5_READOUT_MACS)
+
+
+def measure(family: str, model_path: str, lanes: int, work_dir: str, core: str = "v1") -> dict:
+    """Synthesise and pack the ``family`` board top level for ``model_path`` at ``lanes`` (core
+    v1, or ``core="v2"``: the capacity build of :func:`capacity_for`); return ``{"lanes",
+    "logic", "lutram", "cells"}`` (logic cells or LUT4s without distributed RAM)."""
+    if core == "v2":
+        from egru_accel.quantize.model import QuantModel
+        capacity = capacity_for(family, QuantModel.load(model_path), lanes)
+        prep = prepare(FAMILY_BOARDS[family], None, capacity=capacity)
+    else:
+        prep = prepare(FAMILY_BOARDS[family], model_path, lanes=lanes)
     build_dir = os.path.join(work_dir, f"{family}_{lanes}")
     logs = os.path.join(build_dir, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -42,7 +66,11 @@ def measure(family: str, model_path: str, lanes: int, work_dir: str) -> dict:
             args = args + ["--pack-only"]
         elif tool != "YOSYS":
             continue
-        _run_tool(tool, args, build_dir, logs, None, lambda line: print(line, file=sys.stderr))
+        job = _Job(tool, args, build_dir, os.path.join(logs, f"{tool.lower()}.out"), None)
+        while not job.poll():
+            time.sleep(0.5)
+        if job.code != 0:
+            raise BuildError(job.failure())
     with open(os.path.join(build_dir, f"{prep.name}.tim"), encoding="utf-8", errors="replace") as f:
         util = parse_nextpnr_log(f.read())["utilisation"]
     if family == "ice40":
@@ -51,8 +79,9 @@ def measure(family: str, model_path: str, lanes: int, work_dir: str) -> dict:
         # Each TRELLIS_DPR16X4 occupies two TRELLIS_COMB (and one TRELLIS_RAMW).
         lutram = util["TRELLIS_RAMW"]["used"]
         logic = util["TRELLIS_COMB"]["used"] - 2 * lutram
-    fit = estimate(prep.board, design_inventory(prep.plan.files[f"{prep.name}.il"]), lanes,
-                   baselines={family: {"points": [{"lanes": 1, "logic": 0}]}})
+    key = family if core == "v1" else f"{family}_{core}"
+    fit = estimate(prep.board, design_inventory(prep.plan.files[f"{prep.name}.il"]), lanes, core=core,
+                   baselines={key: {"points": [{"lanes": 1, "logic": 0}]}})
     return {"lanes": lanes, "logic": logic, "lutram": lutram,
             "lutram_estimate": sum(m["blocks"] for m in fit.memories if m["mapped_to"] == "LUTRAM"),
             "cells": {k: v["used"] for k, v in util.items() if v["used"]}}
@@ -63,6 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--family", choices=sorted(FAMILY_BOARDS), required=True)
     parser.add_argument("--lanes", type=int, nargs="+", required=True)
+    parser.add_argument("--core", choices=("v1", "v2"), default="v1",
+                        help="core v1 for the model, or core v2 capacity builds that hold it (default: v1)")
     parser.add_argument("--out", default=BASELINES, help="baselines file to update (default: %(default)s)")
     args = parser.parse_args(argv)
     with open(args.out) as f:
@@ -72,13 +103,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=os.getcwd()) as work:
         for lanes in sorted(set(args.lanes)):
             t0 = time.monotonic()
-            point = measure(args.family, args.model, lanes, work)
+            point = measure(args.family, args.model, lanes, work, core=args.core)
             print(f"{args.family} {lanes} lanes: {point} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
             points.append(point)
-    baselines[args.family] = {
+    key = args.family if args.core == "v1" else f"{args.family}_{args.core}"
+    baselines[key] = {
         "board": FAMILY_BOARDS[args.family], "model": os.path.relpath(args.model),
         "measured": time.strftime("%Y-%m-%d"),
-        "method": "yosys + nextpnr --pack-only of the board top level; logic excludes distributed RAM",
+        "method": "yosys + nextpnr --pack-only of the board top level; logic excludes distributed RAM"
+                  + ("" if args.core == "v1" else "; core v2 capacity builds that hold the model"),
         "points": [{"lanes": p["lanes"], "logic": p["logic"]} for p in points],
         "detail": points,
     }

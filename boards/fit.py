@@ -406,11 +406,16 @@ def baseline_logic(base: dict, lanes: int) -> float:
     return l0 + (l1 - l0) * (lanes - p0) / (p1 - p0)
 
 
-def estimate(board, inventory: dict, lanes: int, *, baselines: dict | None = None) -> FitReport:
-    """Resources a design needs on ``board`` (:func:`design_inventory` of its RTLIL, ``lanes`` lanes)."""
+def estimate(board, inventory: dict, lanes: int, *, baselines: dict | None = None, core: str = "v1") -> FitReport:
+    """Resources a design needs on ``board`` (:func:`design_inventory` of its RTLIL, ``lanes``
+    lanes); ``core``: ``"v1"``, or ``"v2"`` (a capacity build: its own logic baseline)."""
     board = get_board(board)
     baselines = load_baselines() if baselines is None else baselines
-    base = baselines[board.family]
+    key = board.family if core == "v1" else f"{board.family}_{core}"
+    if key not in baselines:
+        raise ValueError(f"no logic baseline for core {core} on {board.family} in baselines.json "
+                         f"(python -m boards.calibrate --core {core} --family {board.family} measures one)")
+    base = baselines[key]
     ram, dsp, logic = board.ram_resource, board.dsp_resource, board.logic_resource
     needed = {logic: 0, ram: 0, dsp: 0}
     if board.family == "ice40":

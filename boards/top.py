@@ -26,7 +26,7 @@ from egru_accel.hw.construct import checked_construction
 from .boards import Board, get_board
 from .pll import ECP5PLL, ICE40PLL, PLLError, ecp5_pll, ice40_pll
 
-__all__ = ["BoardTop", "ClockPlan", "ResetGenerator", "plan_clock", "RESET_HOLD_S"]
+__all__ = ["BoardTop", "capacity_config", "ClockPlan", "ResetGenerator", "plan_clock", "RESET_HOLD_S"]
 
 #: How long the reset stays asserted after the PLL locks, in seconds. The iCE40's block RAMs
 #: read wrong data for about 3 us after configuration (Amaranth's own iCE40 clock domain waits
@@ -102,32 +102,61 @@ class ResetGenerator(wiring.Component):
         return m
 
 
+def capacity_config(board, capacity):
+    """Core v2's configuration for a capacity build on ``board`` (docs/core-v2.md, "Choices per
+    board"): on the iCE40 SB_MAC16 lanes, one bank and one update unit, the weights in SPRAM
+    (which needs the capacity's wide weight memory); on the ECP5 fabric lanes, two banks, two
+    units from 8 lanes, the bias RAMs registered, a second sweep address stage from 16 lanes.
+    The readout runs on the capacity's engine if it has one. No model at reset: models come
+    over the UART."""
+    from egru_accel.hw.shared_core import SharedCoreConfig
+    board = get_board(board)
+    readout = {"readout": "engine", "readout_macs": capacity.readout_macs} if capacity.readout_macs else {}
+    if board.family == "ice40":
+        if capacity.weight_memory != "wide":
+            raise ValueError("an iCE40 capacity build keeps its weights in SPRAM, which needs a wide weight "
+                             "memory (Capacity(weight_memory='wide', structure='lane-window'))")
+        return SharedCoreConfig(lane="sb_mac16", weight_memory="wide", weight_ram="ice40_spram",
+                                model_at_reset=False, **readout)
+    P = capacity.lanes
+    return SharedCoreConfig(lane="fabric", banks=2, units=2 if P >= 8 else 1, weight_memory=capacity.weight_memory,
+                            register_bias=True, sweep_address_stages=2 if P >= 16 else 1, model_at_reset=False,
+                            **readout)
+
+
 class BoardTop(Elaboratable):
     """Top level of ``board`` (name or :class:`~boards.boards.Board`) for the core ``params``.
 
     Args:
         board: Board name (see :data:`boards.boards.BOARDS`).
-        params: :class:`~egru_accel.hw.params.CoreParams` of the accelerator (its
-            ``config.baud`` is the UART rate).
+        params: :class:`~egru_accel.hw.params.CoreParams` of a core v1 (its ``config.baud``
+            is the UART rate), or a :class:`~egru_accel.hw.capacity_system.CapacityDesign`
+            (a capacity build of core v2; :func:`capacity_config` is the board's configuration).
         freq_mhz: Target frequency of the accelerator clock in MHz (default: the board's).
 
     The board decides the rest of the configuration: where the weights live
     (``board.weight_ram``) and the clock (the PLL's output, ``config.clk_hz``).
 
     Attributes: ``clock`` (:class:`ClockPlan`), ``params`` (with the board's choices),
-    ``system`` (the :class:`~egru_accel.hw.system.EGRUSystem`).
+    ``system`` (the :class:`~egru_accel.hw.system.EGRUSystem` or
+    :class:`~egru_accel.hw.capacity_system.CapacitySystem`).
     """
 
     def __init__(self, board, params, *, freq_mhz=None):
+        from egru_accel.hw.capacity_system import CapacityDesign
         from egru_accel.hw.params import CoreParams
         from egru_accel.hw.system import EGRUSystem
         with checked_construction(self):
-            if not isinstance(params, CoreParams):
-                raise TypeError(f"params must be CoreParams, not {type(params).__name__}")
+            if not isinstance(params, (CoreParams, CapacityDesign)):
+                raise TypeError(f"params must be CoreParams or a CapacityDesign, not {type(params).__name__}")
             self.board = get_board(board)
             self.clock = plan_clock(self.board, freq_mhz)
-            self.params = params.replace_config(clk_hz=self.clock.f_hz, weight_ram=self.board.weight_ram)
-            self.system = EGRUSystem(self.params)
+            if isinstance(params, CapacityDesign):
+                self.params = params
+                self.system = params.system(self.clock.f_hz)
+            else:
+                self.params = params.replace_config(clk_hz=self.clock.f_hz, weight_ram=self.board.weight_ram)
+                self.system = EGRUSystem(self.params)
 
     def elaborate(self, platform):
         m = Module()

@@ -448,12 +448,18 @@ def cmd_build(args) -> int:
                                cache=not args.no_cache)
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
-    model = load_model(args.model)
+    if args.capacity is not None:
+        if args.lanes is not None:
+            raise UserError("--lanes goes with --model: a capacity build has the capacity's lanes")
+        args.build = None
+        capacity, model = _load_capacity(args), None
+    else:
+        capacity, model = None, load_model(args.model)
     progress = (lambda line: None) if args.quiet else None
     try:
         with output_directory(args.out) as tmp:
             report = build(board.name, model, tmp, lanes=args.lanes, freq_mhz=args.freq, progress=progress,
-                           options=options)
+                           options=options, capacity=capacity)
     except (BuildError, FitError) as e:
         raise UserError(str(e)) from None
     if not args.quiet:
@@ -467,7 +473,8 @@ def cmd_build(args) -> int:
         print(f"{report['board']} ({report['device']}): {lanes} at {report['pll_mhz']:g} MHz, "
               f"post-route Fmax {report['fmax_mhz']:.2f} MHz{seeds}; {util}; {report['seconds']['total']:.0f} s"
               f"{cached}")
-        print(f"wrote {os.path.join(args.out, report['bitstream'])}, report.json and logs/")
+        extra = ", capacity.json (egru-accel image --build DIR places a model for it)" if capacity else ""
+        print(f"wrote {os.path.join(args.out, report['bitstream'])}, report.json{extra} and logs/")
     return 0
 
 
@@ -662,9 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/report.json (lanes, Fmax, utilisation, seconds per stage), the bitstream "
                                    "and DIR/logs/. Exit status 2 if the model does not fit or timing is missed.")
     p.add_argument("--board", required=True, metavar="BOARD", help=f"one of: {', '.join(BOARDS)}")
-    p.add_argument("--model", required=True, metavar="M", help="quantized model (model.npz)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", metavar="M", help="quantized model (model.npz): core v1 built for it")
+    what.add_argument("--capacity", metavar="FILE",
+                      help="a capacity (capacity.json, see egru-accel capacity): core v2 built for it, which "
+                           "loads any model that fits; DIR/capacity.json is written beside the bitstream")
     p.add_argument("--lanes", type=_positive_int, default=None, metavar="P",
-                   help="parallel lanes (default: the most that fit the board)")
+                   help="parallel lanes with --model (default: the most that fit the board)")
     p.add_argument("--freq", type=float, default=None, metavar="MHZ",
                    help="clock frequency in MHz (default: the board's, 24 on the iCEBreaker, 50 on the ULX3S)")
     p.add_argument("--seeds", type=_positive_int, default=None, metavar="N",

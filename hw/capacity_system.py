@@ -15,6 +15,8 @@ registers word by word; RUN's sizes follow the loaded model's.
 """
 
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -30,7 +32,23 @@ from .shared_core import SharedCore, SharedCoreConfig
 from .system import activity_led, uart_divisor
 from .uart import UARTRx, UARTTx
 
-__all__ = ["CapacitySystem"]
+__all__ = ["CapacitySystem", "CapacityDesign"]
+
+
+@dataclass(frozen=True)
+class CapacityDesign:
+    """A capacity build before its clock is known: the capacity, the core's configuration and
+    the UART's bit rate (a board top level makes the :class:`CapacitySystem` at its clock)."""
+    capacity: Capacity
+    config: SharedCoreConfig
+    baud: int = 115200
+
+    @property
+    def lanes(self) -> int:
+        return self.capacity.lanes
+
+    def system(self, clk_hz) -> "CapacitySystem":
+        return CapacitySystem(self.capacity, self.config, clk_hz=clk_hz, baud=self.baud)
 
 
 class CapacitySystem(wiring.Component):

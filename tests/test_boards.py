@@ -163,7 +163,7 @@ def test_unknown_board():
         get_board(3)
     with pytest.raises(BuildError, match="unknown board 'de10'"):
         build("de10", random_model(inputs=2, hidden=[4], outputs=2), "unused")
-    with pytest.raises(TypeError, match="params must be CoreParams, not str"):
+    with pytest.raises(TypeError, match="params must be CoreParams or a CapacityDesign, not str"):
         BoardTop("icebreaker", "model.npz")
     params = CoreParams.from_model(random_model(inputs=2, hidden=[4], outputs=2), lanes=1)
     with pytest.raises(ValueError, match="unknown board 'de10'"):
@@ -220,6 +220,31 @@ def test_top_level_plan(board):
         assert "SB_SPRAM256KA" not in il
     assert len(re.findall(r"set_io led_\d__io|LOCATE COMP \"led_\d__io\"", plan.files.get("top.pcf", "")
                           + plan.files.get("top.lpf", ""))) == 3
+
+
+@pytest.mark.parametrize("board", list(BOARDS))
+def test_capacity_build_plan(board):
+    """A capacity build of core v2 on every board: the board's configuration, its SPRAM or
+    block RAM weights, no model in the bitstream, and a fit estimate from the core v2 baseline."""
+    from egru_accel.boards.build import prepare
+    from egru_accel.boards.fit import design_inventory, estimate
+    from egru_accel.boards.top import capacity_config
+    from egru_accel.quantize.capacity import Capacity
+    b = get_board(board)
+    model = random_model(inputs=3, hidden=[8], outputs=2, lanes=2, seed=4)
+    wide = {"structure": "lane-window", "weight_memory": "wide"} if b.family == "ice40" else {}
+    cap = Capacity.covering([model], lanes=2, **wide)
+    config = capacity_config(b, cap)
+    assert not config.model_at_reset and config.weight_memory == cap.weight_memory
+    prep = prepare(board, None, capacity=cap)
+    assert prep.lanes == 2 and prep.top.system.capacity == cap
+    il = prep.plan.files[f"{prep.name}.il"]
+    assert (il.count("cell \\SB_SPRAM256KA") > 0) == (b.family == "ice40")
+    fit = estimate(b, design_inventory(il), 2, core="v2")
+    assert fit.needed[b.logic_resource] > 0
+    if b.family == "ice40":
+        with pytest.raises(ValueError, match="needs a wide weight memory"):
+            capacity_config(b, Capacity.covering([model], lanes=2))
 
 
 # -- fit -----------------------------------------------------------------------------------

@@ -284,3 +284,25 @@ def test_capacity_and_images_for_a_capacity_build(random_model_file, tmp_path, c
     code, _, err = run(["image", "--model", str(small), "--lanes", "2", "--build", str(build),
                         "--out", str(tmp_path / "c.img")], capsys)
     assert code == 2 and "not allowed with argument" in err
+
+
+def test_build_of_a_capacity_errors_before_any_tool(random_model_file, tmp_path, capsys):
+    """``build --capacity``: the lanes come from the capacity, the iCE40 needs a wide weight
+    memory (SPRAM), a missing file is an error; each one line, exit 2, no output directory."""
+    cap = tmp_path / "capacity.json"
+    assert main(["capacity", "--model", str(random_model_file), "--lanes", "2", "--out", str(cap), "--quiet"]) == 0
+    wide = tmp_path / "wide.json"
+    assert main(["capacity", "--model", str(random_model_file), "--lanes", "2", "--structure", "lane-window",
+                 "--weight-memory", "wide", "--out", str(wide), "--quiet"]) == 0
+    out = tmp_path / "b"
+    for argv, message in [
+            # Core v2's fixed logic alone is over the UP5K's 5280 cells (boards/baselines.json, ice40_v2).
+            (["--board", "icebreaker", "--capacity", str(wide)], "ICESTORM_LC"),
+            (["--board", "ulx3s-85f", "--capacity", str(cap), "--lanes", "2"], "--lanes goes with --model"),
+            (["--board", "icebreaker", "--capacity", str(cap)], "needs a wide weight memory"),
+            (["--board", "ulx3s-85f", "--capacity", str(tmp_path / "none.json")], "cannot read"),
+            (["--board", "ulx3s-85f", "--capacity", str(cap), "--model", str(random_model_file)],
+             "not allowed with argument")]:
+        code, _, err = run(["build", *argv, "--out", str(out)], capsys)
+        assert code == 2 and "error:" in err and message in err and "Traceback" not in err, err
+        assert not out.exists()
