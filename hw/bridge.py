@@ -296,22 +296,16 @@ class Bridge(wiring.Component):
         h_crc_lo_ok = Signal()
         h_elem = Signal(range(max(2, max_elem_bytes)))  # byte within a RUN input vector
         # Buffer index: receiver write address, then the execution's read address. The buffer's
-        # read data is registered (`rdata`: the block RAM's output meets no logic in its own
-        # cycle; on the ECP5 that path, into the image check's flags, limited the clock), so it
-        # belongs to `idx` two cycles after idx changed (`rd_wait` until then).
+        # read data belongs to `idx` unless idx changed in the previous cycle (`rd_wait`).
         idx = Signal(range(MAX_PAYLOAD + 1))
-        rd_count = Signal(2)
         rd_wait = Signal()
-        m.d.comb += rd_wait.eq(rd_count != 0)
-        with m.If(rd_wait):
-            m.d.sync += rd_count.eq(rd_count - 1)
+        m.d.sync += rd_wait.eq(0)
 
         def set_idx(value):
-            m.d.sync += [idx.eq(value), rd_count.eq(2)]
+            m.d.sync += [idx.eq(value), rd_wait.eq(1)]
 
         m.d.comb += [buf_r.addr.eq(idx), buf_w.addr.eq(idx), buf_w.data.eq(rx.payload)]
-        rdata = Signal(8)
-        m.d.sync += rdata.eq(buf_r.data)
+        rdata = buf_r.data
 
         # -- response state ------------------------------------------------------------------------
         r_status = Signal(8)

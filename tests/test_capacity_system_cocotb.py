@@ -27,7 +27,8 @@ def test_one_bitstream_many_models_through_the_driver(tmp_path, simulator):
     capacity = Capacity.covering(models, lanes=lanes)
     seqs = {n: random_inputs(m, steps=4, sequences=1, seed=k) for k, (n, m) in enumerate(named.items())}
     report = run_capacity_round_trip(capacity, SharedCoreConfig(model_at_reset=False), named,
-                                     build_dir=tmp_path, sequences=seqs, simulator=simulator, timeout_s=900)
+                                     build_dir=tmp_path, sequences=seqs, simulator=simulator, divisor=4,
+                                     timeout_s=900)
     assert report["error"] is None and report["missing_phases"] == 0
     assert report["mismatches"] == {"outputs": 0, "refusals": 0, "loads": 0, "bytes": 0, "info": 0}, report["refusals"]
     assert {r["model"] for r in report["runs"]} == set(named)
