@@ -17,7 +17,7 @@ registers word by word; RUN's sizes follow the loaded model's.
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, DomainRenamer, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,11 +28,12 @@ from egru_accel.quantize.shared_rows import LoadMemory
 from .bridge import Bridge, BridgeSpec
 from .config import check_positive_number
 from .construct import checked_construction
+from .core_crossing import CoreCrossing
 from .shared_core import SharedCore, SharedCoreConfig
 from .system import activity_led, uart_divisor
 from .uart import UARTRx, UARTTx
 
-__all__ = ["CapacitySystem", "CapacityDesign"]
+__all__ = ["CapacitySystem", "CapacityDesign", "HostLink"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,48 @@ class CapacityDesign:
     def lanes(self) -> int:
         return self.capacity.lanes
 
-    def system(self, clk_hz) -> "CapacitySystem":
-        return CapacitySystem(self.capacity, self.config, clk_hz=clk_hz, baud=self.baud)
+    def system(self, clk_hz, *, bridge_clk_hz=None) -> "CapacitySystem":
+        return CapacitySystem(self.capacity, self.config, clk_hz=clk_hz, baud=self.baud,
+                              bridge_clk_hz=bridge_clk_hz)
+
+
+class HostLink(wiring.Component):
+    """UART (8N1) <-> Bridge, and the LEDs: the host's side of a capacity build, in one clock
+    domain (``sync``; rename it to put the link in a domain of its own).
+
+    Args: ``spec`` (the bridge's :class:`~hw.bridge.BridgeSpec`), ``clk_hz`` (the link's clock
+    in Hz), ``baud`` (bit/s).
+
+    Members: ``rx``, ``tx``, ``leds`` as :class:`CapacitySystem`'s (``leds[1]`` lights with
+    ``core_status.busy``); ``core_*``: the bridge's core ports."""
+
+    def __init__(self, spec: BridgeSpec, *, clk_hz, baud):
+        self.spec, self.clk_hz = spec, clk_hz
+        self.divisor = uart_divisor(clk_hz, baud)
+        self.bridge = Bridge(spec)
+        sig = self.bridge.signature.members
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(3),
+                          **{name: sig[name] for name in ("core_i", "core_o", "core_ctl", "core_status",
+                                                          "core_cfg")}})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = uart_rx = UARTRx(divisor=self.divisor)
+        m.submodules.uart_tx = uart_tx = UARTTx(divisor=self.divisor)
+        m.submodules.bridge = bridge = self.bridge
+        # UARTRx passes the asynchronous line through two flip-flops of its own first.
+        m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
+        wiring.connect(m, uart_rx.o, bridge.rx)
+        wiring.connect(m, bridge.tx, uart_tx.i)
+        for name in ("core_i", "core_ctl", "core_cfg"):
+            wiring.connect(m, getattr(bridge, name), wiring.flipped(getattr(self, name)))
+        for name in ("core_o", "core_status"):
+            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(bridge, name))
+        m.d.comb += [self.leds[0].eq(bridge.model_ok),
+                     self.leds[1].eq(self.core_status.busy | bridge.loading
+                                     | activity_led(m, clk_hz=self.clk_hz, uart_rx=uart_rx, uart_tx=uart_tx)),
+                     self.leds[2].eq(bridge.error)]
+        return m
 
 
 class CapacitySystem(wiring.Component):
@@ -60,7 +101,11 @@ class CapacitySystem(wiring.Component):
         config: The core's choices; its ``weight_memory`` and readout engine must be the
             capacity's (they fix the load port's words), and ``model_at_reset`` must say
             whether ``model`` is given.
-        clk_hz: The ``sync`` clock in Hz; ``baud``: the UART's bit rate.
+        clk_hz: The ``sync`` clock (the core's) in Hz; ``baud``: the UART's bit rate.
+        bridge_clk_hz: ``None``: the UART and the bridge run in ``sync`` too. Else they run in
+            a clock domain ``bridge`` of that rate (Hz), which the parent provides, behind a
+            :class:`~hw.core_crossing.CoreCrossing`, so that the bridge's paths do not limit
+            the core's clock.
         model: A model the bitstream starts with (placed for the capacity), or ``None``: RUN
             answers NO_MODEL until a load succeeds.
 
@@ -73,7 +118,7 @@ class CapacitySystem(wiring.Component):
     leds: Out(3)
 
     def __init__(self, capacity: Capacity, config: SharedCoreConfig, *, clk_hz, baud=115200,
-                 model: QuantModel | None = None):
+                 model: QuantModel | None = None, bridge_clk_hz=None):
         with checked_construction(self):
             if not isinstance(capacity, Capacity):
                 raise TypeError(f"capacity must be a Capacity, not {type(capacity).__name__}")
@@ -88,36 +133,49 @@ class CapacitySystem(wiring.Component):
             if config.model_at_reset != (model is not None):
                 raise ValueError("config.model_at_reset must be True exactly when a model is given")
             check_positive_number("clk_hz", clk_hz)
-            self.divisor = uart_divisor(clk_hz, baud)
+            if bridge_clk_hz is not None:
+                check_positive_number("bridge_clk_hz", bridge_clk_hz)
+            link_hz = clk_hz if bridge_clk_hz is None else bridge_clk_hz
+            self.divisor = uart_divisor(link_hz, baud)
             self.image = place(model, capacity) if model is not None else capacity.blank()
             self.spec = BridgeSpec.for_capacity(capacity, at_reset=self.image if model is not None else None)
         self.capacity = capacity
         self.config = config
         self.clk_hz = clk_hz
+        self.bridge_clk_hz = bridge_clk_hz
         self.baud = baud
-        self.baud_actual = clk_hz / self.divisor
+        self.baud_actual = link_hz / self.divisor
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.uart_rx = uart_rx = UARTRx(divisor=self.divisor)
-        m.submodules.uart_tx = uart_tx = UARTTx(divisor=self.divisor)
-        m.submodules.bridge = bridge = Bridge(self.spec)
+        link_hz = self.clk_hz if self.bridge_clk_hz is None else self.bridge_clk_hz
+        link = HostLink(self.spec, clk_hz=link_hz, baud=self.baud)
         m.submodules.core = core = SharedCore(self.image, self.config)
+        m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx), self.leds.eq(link.leds), core.last.eq(0)]
+        if self.bridge_clk_hz is None:
+            m.submodules.link = link
+            # The bridge's core ports, as the core sees them.
+            i, o, start, status, cfg = link.core_i, link.core_o, link.core_ctl.start, link.core_status, link.core_cfg
+        else:
+            m.submodules.link = DomainRenamer("bridge")(link)
+            m.submodules.crossing = crossing = CoreCrossing(self.spec, bridge_domain="bridge", core_domain="sync")
+            for name in ("i", "ctl", "cfg"):
+                wiring.connect(m, getattr(link, f"core_{name}"), getattr(crossing, f"bridge_{name}"))
+            for name in ("o", "status"):
+                wiring.connect(m, getattr(crossing, f"bridge_{name}"), getattr(link, f"core_{name}"))
+            i, o, start, status, cfg = (crossing.core_i, crossing.core_o, crossing.core_start, crossing.core_status,
+                                        crossing.core_cfg)
 
-        m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
-        wiring.connect(m, uart_rx.o, bridge.rx)
-        wiring.connect(m, bridge.tx, uart_tx.i)
         # Inputs: the bridge's signed input_bits, sign-extended to the core's beats.
-        m.d.comb += [core.i.valid.eq(bridge.core_i.valid), core.i.payload.eq(bridge.core_i.payload),
-                     bridge.core_i.ready.eq(core.i.ready), core.last.eq(0)]
-        wiring.connect(m, core.o, bridge.core_o)
-        wiring.connect(m, core.status, bridge.core_status)
-        m.d.comb += core.start.eq(bridge.core_ctl.start)
+        m.d.comb += [core.i.valid.eq(i.valid), core.i.payload.eq(i.payload), i.ready.eq(core.i.ready),
+                     core.start.eq(start)]
+        wiring.connect(m, core.o, o)
+        wiring.connect(m, core.status, status)
 
         # Memory writes: a section's word w goes to the section's base + w, which is the lane's
         # weight memory (lane << entry_address_bits) for a per-lane weight section.
-        cfg, load = bridge.core_cfg, core.load
+        load = core.load
         lay = self.image.layout
         addr = Signal.like(load.payload.addr)
         if self.capacity.weight_memory == "lanes":
@@ -127,9 +185,4 @@ class CapacitySystem(wiring.Component):
             m.d.comb += addr.eq(cfg.addr)
         m.d.comb += [load.valid.eq(cfg.valid), cfg.ready.eq(load.ready), load.payload.mem.eq(cfg.mem),
                      load.payload.addr.eq(addr), load.payload.data.eq(cfg.data)]
-
-        m.d.comb += [self.leds[0].eq(bridge.model_ok),
-                     self.leds[1].eq(core.status.busy | bridge.loading
-                                     | activity_led(m, clk_hz=self.clk_hz, uart_rx=uart_rx, uart_tx=uart_tx)),
-                     self.leds[2].eq(bridge.error)]
         return m

@@ -161,9 +161,10 @@ def over_capacity(model: QuantModel, capacity: Capacity) -> QuantModel:
 
 
 def write_capacity_system_verilog(capacity: Capacity, config, build_dir: str | os.PathLike[str], *,
-                                  clk_hz: int, baud: int) -> Path:
+                                  clk_hz: int, baud: int, bridge_clk_hz: int | None = None) -> Path:
     """Write the Verilog of ``CapacitySystem`` (no model at reset) to ``{build_dir}/egru_system.v``
-    (reused when written for the same capacity, configuration and sources)."""
+    (reused when written for the same capacity, configuration and sources). ``bridge_clk_hz``:
+    the UART and bridge in a clock domain of their own (ports ``bridge_clk``, ``bridge_rst``)."""
     from egru_accel.hw.capacity_system import CapacitySystem
 
     from egru_accel.firmware import capacity_image, image
@@ -175,13 +176,14 @@ def write_capacity_system_verilog(capacity: Capacity, config, build_dir: str | o
     build = Path(build_dir).resolve()
     path, key_file = build / f"{TOPLEVEL}.v", build / f"{TOPLEVEL}.key"
     data = {"capacity": capacity.to_dict(), "config": dataclasses.asdict(config), "clk_hz": clk_hz, "baud": baud,
-            **generator_digest(shared_rows, capacity_module, capacity_image, image)}
+            "bridge_clk_hz": bridge_clk_hz, **generator_digest(shared_rows, capacity_module, capacity_image, image)}
     key = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     if path.is_file() and key_file.is_file() and key_file.read_text() == key:
         return path
     build.mkdir(parents=True, exist_ok=True)
     key_file.unlink(missing_ok=True)
-    write_verilog(CapacitySystem(capacity, config, clk_hz=clk_hz, baud=baud), path, name=TOPLEVEL)
+    write_verilog(CapacitySystem(capacity, config, clk_hz=clk_hz, baud=baud, bridge_clk_hz=bridge_clk_hz), path,
+                  name=TOPLEVEL)
     key_file.write_text(key)
     return path
 
@@ -190,7 +192,7 @@ def run_capacity_round_trip(capacity: Capacity, config, models: dict[str, QuantM
                             build_dir: str | os.PathLike[str], sequences: dict[str, np.ndarray],
                             split: int | None = None, baud: int = 115200, divisor: int = 8,
                             driver_timeout_s: float = 2.0, timeout_s: float | None = None,
-                            simulator: str | None = None) -> dict:
+                            simulator: str | None = None, bridge_period_ns: int | None = None) -> dict:
     """Run :func:`capacity_scenario` under cocotb on a ``capacity`` build of ``config``
     (``model_at_reset=False``); return the report: ``ok``, ``mismatches`` (``outputs``:
     integers differing from the golden model's, ``refusals``: refusals that did not give
@@ -198,7 +200,12 @@ def run_capacity_round_trip(capacity: Capacity, config, models: dict[str, QuantM
     must refuse), ``runs``, ``refusals``, ``cycles``, ``wall_seconds``, ``simulator``.
     The model over the capacity is the last model with one input more than the capacity's
     (:func:`over_capacity`); the raw images the device must refuse are :func:`refused_images`
-    of the last model."""
+    of the last model. ``bridge_period_ns``: the UART and the bridge in a clock domain of their
+    own with that period (an even number of ns; the core's is ``PERIOD_NS``), behind the
+    clock-domain crossing; ``divisor`` then counts the bridge's cycles."""
+    if bridge_period_ns is not None and (isinstance(bridge_period_ns, bool) or not isinstance(bridge_period_ns, int)
+                                         or bridge_period_ns < 2 or bridge_period_ns % 2):
+        raise ValueError(f"bridge_period_ns must be an even number of ns of at least 2, not {bridge_period_ns!r}")
     build = Path(build_dir).resolve()
     build.mkdir(parents=True, exist_ok=True)
     plan_models = []
@@ -215,12 +222,17 @@ def run_capacity_round_trip(capacity: Capacity, config, models: dict[str, QuantM
     plan = {"models": plan_models, "over": {"name": "a model over the capacity", "path": str(over_path)},
             "bad_images": [{"name": n, "image": img.hex()} for n, img, _ in bad],
             "split": int(split if split is not None else max(1, T // 2))}
-    clk_hz = baud * divisor
-    verilog = write_capacity_system_verilog(capacity, config, build, clk_hz=clk_hz, baud=baud)
+    link_hz = baud * divisor             # the UART's clock: the core's, or the bridge's own
+    if bridge_period_ns is None:
+        clk_hz, bridge_hz = link_hz, None
+    else:
+        clk_hz, bridge_hz = round(link_hz * bridge_period_ns / PERIOD_NS), link_hz
+    verilog = write_capacity_system_verilog(capacity, config, build, clk_hz=clk_hz, baud=baud, bridge_clk_hz=bridge_hz)
     results_file = build / "results.json"
     results_file.unlink(missing_ok=True)
     env = write_json_config({"scenario": "capacity", "plan": plan, "divisor": divisor, "period_ns": PERIOD_NS,
-                             "clk_hz": clk_hz, "driver_timeout_s": driver_timeout_s, "chunk": 256,
+                             "bridge_period_ns": bridge_period_ns, "clk_hz": link_hz,
+                             "driver_timeout_s": driver_timeout_s, "chunk": 256,
                              "results": str(results_file)}, path=build / "config.json")
     image_bytes = len(build_capacity_image(place(last, capacity), capacity))
     line_bytes = 2 * image_bytes * (len(models) + 1) + len(bad) * image_bytes
@@ -262,6 +274,7 @@ def run_capacity_round_trip(capacity: Capacity, config, models: dict[str, QuantM
     return {"ok": got["error"] is None and missing == 0 and not any(mism.values()), "mismatches": mism,
             "missing_phases": missing, "runs": runs, "refusals": refusals, "capacity": got["capacity"],
             "image_bytes": image_bytes, "cycles": cycles, "simulated_seconds": cycles / clk_hz,
+            "bridge_period_ns": bridge_period_ns,
             "wall_seconds": wall, "sim_wall_seconds": data["wall_time_s"], "transport": data["transport"],
             "framing_errors": data["framing_errors"], "error": got["error"], "simulator": simulator}
 
@@ -280,6 +293,9 @@ def main(argv=None) -> int:
                         help="run each model on digits test sequences (model k on sequences k*N ..) instead of "
                              "random inputs")
     parser.add_argument("--divisor", type=int, default=8, help="clock cycles per UART bit (default 8)")
+    parser.add_argument("--bridge-period", type=int, default=None, metavar="NS",
+                        help="the UART and bridge in a clock domain of their own with this period in ns (even; "
+                             f"the core's is {PERIOD_NS}), behind the clock-domain crossing")
     parser.add_argument("--simulator", choices=("icarus", "verilator"), default=None)
     parser.add_argument("--timeout", type=float, default=None, help="wall-clock limit of the simulation (s)")
     args = parser.parse_args(argv)
@@ -305,7 +321,8 @@ def main(argv=None) -> int:
                 for k, (n, m) in enumerate(models.items())}
     out = Path(args.out)
     report = run_capacity_round_trip(capacity, config, models, build_dir=out, sequences=seqs, divisor=args.divisor,
-                                     timeout_s=args.timeout, simulator=args.simulator)
+                                     timeout_s=args.timeout, simulator=args.simulator,
+                                     bridge_period_ns=args.bridge_period)
     report["models"] = {n: str(p) for n, p in zip(models, args.model)}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"{'OK' if report['ok'] else 'FAILED'}: mismatches {report['mismatches']}, {report['cycles']} cycles "

@@ -240,10 +240,34 @@ def _verilator_runtime_cache(tool_env: Mapping[str, str]) -> Path | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     import hashlib
-    key = json.dumps([tool_env.get("VERILATOR_ROOT", shutil.which("verilator")), _package_version("verilator"),
-                      _package_version("cocotb"), cxx.splitlines()[:1], tool_env.get("MAKEFLAGS", "")])
+    root = tool_env.get("VERILATOR_ROOT") or str(Path(shutil.which("verilator") or ".").resolve().parent.parent)
+    # make compares the copied objects' times with their sources': a Verilator installed
+    # again at the same path (a new venv) has newer sources, and its objects need a new entry.
+    installed = [(Path(root) / "include" / f"{n}.cpp").stat().st_mtime_ns
+                 if (Path(root) / "include" / f"{n}.cpp").is_file() else None for n in _VERILATOR_RUNTIME]
+    key = json.dumps([root, _package_version("verilator"), _package_version("cocotb"), cxx.splitlines()[:1],
+                      tool_env.get("MAKEFLAGS", ""), installed])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "egru-accel" / "verilator-runtime" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _keep_runtime_objects(runner) -> None:
+    """Make the Verilator build of ``runner`` keep the runtime objects it finds: Verilator
+    writes the model's makefile (Vtop.mk) afresh on every build, and verilated.mk makes the
+    runtime objects depend on it, so without this make recompiles them every time (about 11 s
+    a build here). ``make -o Vtop.mk`` ignores that one prerequisite; an object older than its
+    sources is still remade. A runner whose build commands look different is left alone."""
+    build_command = getattr(runner, "_build_command", None)
+    if build_command is None:
+        return
+
+    def patched():
+        cmds = build_command()
+        for cmd in cmds:
+            if cmd and cmd[0] == "make" and "Vtop.mk" in cmd:
+                cmd[1:1] = ["-o", "Vtop.mk"]
+        return cmds
+    runner._build_command = patched
 
 
 def _seed_verilator_runtime(cache: Path | None, build_path: Path) -> None:
@@ -545,6 +569,8 @@ def run_cocotb(
     _seed_verilator_runtime(runtime_cache, build_path)
     with _patched_environ(environ_changes):
         runner = get_runner(simulator)
+        if runtime_cache is not None:
+            _keep_runtime_objects(runner)
         try:
             runner.build(
                 sources=sources,

@@ -6,7 +6,8 @@ Started by :func:`sim.system_round_trip.run_round_trip`, which passes a JSON con
     {"scenario": "round_trip",      # or "capacity": sim.capacity_round_trip.capacity_scenario
      "plan": {...},                 # see sim.system_round_trip.host_scenario
      "divisor": 8, "period_ns": 10, # the design's UART bit time in cycles; the simulated clock
-     "clk_hz": 921600,              # the clock rate the design was built for
+     "bridge_period_ns": 26,        # optional: the UART's own clock (ports bridge_clk, bridge_rst)
+     "clk_hz": 921600,              # the UART's clock rate the design was built for
      "driver_timeout_s": 2.0, "chunk": 256,
      "results": "/abs/path/results.json"}
 
@@ -38,9 +39,19 @@ async def host_driver_round_trip(dut):
     config = read_json_config()
     period_ns, divisor = config["period_ns"], config["divisor"]
     tb = TestbenchBase(dut, period_ns=period_ns)
-    source = UARTSource(dut.rx, dut.clk, divisor=divisor, period_ns=period_ns)
-    sink = UARTSink(dut.tx, divisor=divisor, period_ns=period_ns)
+    link_period = config.get("bridge_period_ns")
+    if link_period:
+        # The UART and the bridge in their own clock domain: a second clock and reset.
+        link_tb = TestbenchBase(dut, clock="bridge_clk", reset="bridge_rst", period_ns=link_period)
+        link_clk = dut.bridge_clk
+    else:
+        link_tb, link_clk, link_period = None, dut.clk, period_ns
+    source = UARTSource(dut.rx, link_clk, divisor=divisor, period_ns=link_period)
+    sink = UARTSink(dut.tx, divisor=divisor, period_ns=link_period)
+    link_started = cocotb.start_soon(link_tb.start()) if link_tb is not None else None
     await tb.start()
+    if link_started is not None:
+        await link_started
     transport = SimTransport(source, sink, clk_hz=config["clk_hz"])
     device = EGRUDevice(transport, timeout=config["driver_timeout_s"], chunk=config["chunk"])
 

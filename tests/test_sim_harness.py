@@ -10,7 +10,8 @@ from amaranth import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from egru_accel.sim.runner import SimulationError, SimulatorNotFoundError, run_cocotb, write_json_config
+from egru_accel.sim.runner import (SimulationError, SimulatorNotFoundError, available_simulators, run_cocotb,
+                                  write_json_config)
 from egru_accel.sim.verilog import StreamPorts, stream_ports, write_verilog
 from helpers import chosen_simulator, needs_simulator
 
@@ -131,6 +132,23 @@ def test_stream_add_one_with_random_idles_and_backpressure(tmp_path):
     assert results.results_xml.is_file()
     assert "checked 200 transfers" in results.log_file.read_text()
     assert results.waves_file is None
+
+
+@pytest.mark.skipif("verilator" not in available_simulators(), reason="Verilator >= 5.036 is not installed "
+                    "(scripts/setup.sh installs it)")
+def test_verilator_compiles_its_runtime_once(tmp_path, monkeypatch):
+    # The first build compiles Verilator's runtime (verilated.cpp and the rest) and keeps the
+    # objects; a build after it reuses them, although Verilator writes a new Vtop.mk.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("EGRU_SIMULATOR", "verilator")
+    logs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        results = _run_add_one(tmp_path / name, expected_offset=1)
+        assert results.passed == 1
+        logs.append((tmp_path / name / "build" / "build.log").read_text())
+    assert "verilated.cpp" in logs[0] and "verilated_vpi.cpp" in logs[0]
+    assert "verilated.cpp" not in logs[1] and "verilated_vpi.cpp" not in logs[1], logs[1]
 
 
 @needs_simulator
