@@ -9,6 +9,11 @@ the accelerator system (:class:`hw.system.EGRUSystem`) on the board's UART pins,
                     EGRUSystem.leds --> LEDs (model loaded, activity, error)
 
 The clock constraint nextpnr checks is the PLL's actual output frequency.
+
+A capacity build on the ECP5 runs its UART and bridge from the oscillator itself, in a clock
+domain ``bridge`` with a reset generator of its own, behind the core's clock-domain crossing
+(:class:`hw.core_crossing.CoreCrossing`): the bridge then does not limit the core's clock
+(:func:`link_clock_hz`).
 """
 
 import math
@@ -26,7 +31,8 @@ from egru_accel.hw.construct import checked_construction
 from .boards import Board, get_board
 from .pll import ECP5PLL, ICE40PLL, PLLError, ecp5_pll, ice40_pll
 
-__all__ = ["BoardTop", "capacity_config", "ClockPlan", "ResetGenerator", "plan_clock", "RESET_HOLD_S"]
+__all__ = ["BoardTop", "capacity_config", "ClockPlan", "ResetGenerator", "link_clock_hz", "plan_clock",
+           "RESET_HOLD_S"]
 
 #: How long the reset stays asserted after the PLL locks, in seconds. The iCE40's block RAMs
 #: read wrong data for about 3 us after configuration (Amaranth's own iCE40 clock domain waits
@@ -124,6 +130,18 @@ def capacity_config(board, capacity):
                             **readout)
 
 
+def link_clock_hz(board, plan: ClockPlan) -> float | None:
+    """The clock of a capacity build's UART and bridge on ``board`` at ``plan``, in Hz, when it
+    is not the core's: on the ECP5 with a PLL, the oscillator (its pin reaches the fabric's
+    clock network beside the PLL). ``None``: one clock for all. On the iCE40, SB_PLL40_PAD takes
+    the oscillator's pin for itself (a second fabric clock would need SB_PLL40_2_PAD), so the
+    link stays on the core's clock there."""
+    board = get_board(board)
+    if board.family == "ecp5" and plan.pll is not None:
+        return board.clock_mhz * 1e6
+    return None
+
+
 class BoardTop(Elaboratable):
     """Top level of ``board`` (name or :class:`~boards.boards.Board`) for the core ``params``.
 
@@ -153,9 +171,11 @@ class BoardTop(Elaboratable):
             self.clock = plan_clock(self.board, freq_mhz)
             if isinstance(params, CapacityDesign):
                 self.params = params
-                self.system = params.system(self.clock.f_hz)
+                self.link_hz = link_clock_hz(self.board, self.clock)
+                self.system = params.system(self.clock.f_hz, bridge_clk_hz=self.link_hz)
             else:
                 self.params = params.replace_config(clk_hz=self.clock.f_hz, weight_ram=self.board.weight_ram)
+                self.link_hz = None
                 self.system = EGRUSystem(self.params)
 
     def elaborate(self, platform):
@@ -200,6 +220,15 @@ class BoardTop(Elaboratable):
         hold = max(1, math.ceil(RESET_HOLD_S * plan.f_hz))
         m.submodules.reset = reset = DomainRenamer("por")(ResetGenerator(hold_cycles=hold))
         m.d.comb += [reset.locked.eq(locked), cd_sync.rst.eq(reset.rst)]
+        if self.link_hz is not None:
+            # The link's domain on the oscillator, held in reset by the same lock: the two
+            # domains leave reset within a few microseconds of each other, before any byte.
+            m.domains.bridge = cd_bridge = ClockDomain("bridge")
+            m.domains.bridge_por = cd_bridge_por = ClockDomain("bridge_por", reset_less=True)
+            m.d.comb += [cd_bridge.clk.eq(clk_in.i), cd_bridge_por.clk.eq(clk_in.i)]
+            hold_link = max(1, math.ceil(RESET_HOLD_S * self.link_hz))
+            m.submodules.bridge_reset = bridge_reset = DomainRenamer("bridge_por")(ResetGenerator(hold_cycles=hold_link))
+            m.d.comb += [bridge_reset.locked.eq(locked), cd_bridge.rst.eq(bridge_reset.rst)]
 
         m.submodules.system = system = self.system
         uart = platform.request("uart", 0, dir="-")

@@ -1,4 +1,6 @@
-"""A capacity build as a board sees it: UART (8N1) <-> protocol bridge <-> core v2.
+"""A capacity build as a board sees it: UART (8N1) <-> protocol bridge <-> core v2 (with
+``bridge_clk_hz``, the UART and the bridge in a clock domain of their own, behind
+:class:`~hw.core_crossing.CoreCrossing`).
 
 ::
 
@@ -135,7 +137,8 @@ class CapacitySystem(wiring.Component):
             check_positive_number("clk_hz", clk_hz)
             if bridge_clk_hz is not None:
                 check_positive_number("bridge_clk_hz", bridge_clk_hz)
-            link_hz = clk_hz if bridge_clk_hz is None else bridge_clk_hz
+            #: The UART's and the bridge's clock in Hz: the core's, or the bridge domain's.
+            self.link_hz = link_hz = clk_hz if bridge_clk_hz is None else bridge_clk_hz
             self.divisor = uart_divisor(link_hz, baud)
             self.image = place(model, capacity) if model is not None else capacity.blank()
             self.spec = BridgeSpec.for_capacity(capacity, at_reset=self.image if model is not None else None)
@@ -149,8 +152,7 @@ class CapacitySystem(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        link_hz = self.clk_hz if self.bridge_clk_hz is None else self.bridge_clk_hz
-        link = HostLink(self.spec, clk_hz=link_hz, baud=self.baud)
+        link = HostLink(self.spec, clk_hz=self.link_hz, baud=self.baud)
         m.submodules.core = core = SharedCore(self.image, self.config)
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx), self.leds.eq(link.leds), core.last.eq(0)]
         if self.bridge_clk_hz is None:

@@ -107,14 +107,16 @@ class CoreCrossing(wiring.Component):
 
         # -- commands: bridge -> core ----------------------------------------------------------
         m.submodules.cmd = cmd = AsyncFIFO(width=2 + body, depth=self.depth, w_domain=b, r_domain=c)
+        # ``ready`` must not depend on ``valid``: the bridge's write valid depends on its ready.
+        # An input waits for a write or a START offered in the same cycle.
+        m.d.comb += [bcfg.ready.eq(cmd.w_rdy),
+                     self.bridge_i.ready.eq(cmd.w_rdy & ~bcfg.valid & ~self.bridge_ctl.start)]
         with m.If(bcfg.valid):
-            m.d.comb += [cmd.w_data.eq(Cat(Const(CMD_WRITE, 2), *fields)), cmd.w_en.eq(1),
-                         bcfg.ready.eq(cmd.w_rdy)]
+            m.d.comb += [cmd.w_data.eq(Cat(Const(CMD_WRITE, 2), *fields)), cmd.w_en.eq(1)]
         with m.Elif(self.bridge_ctl.start):
             m.d.comb += [cmd.w_data.eq(Cat(Const(CMD_START, 2))), cmd.w_en.eq(1)]
         with m.Elif(self.bridge_i.valid):
-            m.d.comb += [cmd.w_data.eq(Cat(Const(CMD_INPUT, 2), self.bridge_i.payload)), cmd.w_en.eq(1),
-                         self.bridge_i.ready.eq(cmd.w_rdy)]
+            m.d.comb += [cmd.w_data.eq(Cat(Const(CMD_INPUT, 2), self.bridge_i.payload)), cmd.w_en.eq(1)]
 
         kind, rest = cmd.r_data[:2], cmd.r_data[2:]
         m.d.comb += [self.core_i.payload.eq(rest[:spec.input_bits]),

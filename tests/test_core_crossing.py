@@ -210,3 +210,15 @@ def test_constructor_errors(spec):
     no_ready = replace(spec, write=WriteSignature(mem=range(4), lane=range(2), addr=range(4), data=8, ready=False))
     with pytest.raises(ValueError, match=r"^the crossing needs a write port with ready"):
         CoreCrossing(no_ready)
+
+
+def test_a_capacity_system_with_a_bridge_clock_has_two_clock_domains():
+    from amaranth.back import verilog
+    from egru_accel.hw.capacity_system import CapacitySystem
+    from egru_accel.hw.shared_core import SharedCoreConfig
+    system = CapacitySystem(capacity_for(three_models()), SharedCoreConfig(model_at_reset=False),
+                            clk_hz=100e6, bridge_clk_hz=25e6)
+    assert system.link_hz == 25e6 and system.divisor == round(25e6 / 115200)
+    text = verilog.convert(system, name="top", emit_src=False)
+    for port in ("input bridge_clk", "input bridge_rst", "input clk", "input rst"):
+        assert port in text, port
